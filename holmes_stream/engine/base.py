@@ -1,0 +1,46 @@
+"""The contract between the service layer and whatever runs the agent loop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from holmes_stream.schemas import Alert, InvestigationResult
+
+# Called from the engine's thread with (event type, payload) for every agent step.
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    investigation_id: str
+    alert: Alert
+    question: str | None = None
+    model: str | None = None
+    toolsets: list[str] | None = None
+    tenant: str | None = None
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+class EngineError(Exception):
+    """An investigation attempt failed."""
+
+
+class TransientEngineError(EngineError):
+    """Worth retrying: provider 5xx, 429, timeouts, connection errors."""
+
+
+class PermanentEngineError(EngineError):
+    """Retrying will not help: bad request, unknown model, too many steps."""
+
+
+class EngineCancelled(EngineError):
+    """The cancel event was set while the loop ran."""
+
+
+class Engine(Protocol):
+    def investigate(
+        self, request: EngineRequest, emit: EventSink, cancel: threading.Event
+    ) -> InvestigationResult: ...

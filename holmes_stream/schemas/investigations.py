@@ -1,0 +1,129 @@
+"""Investigation requests, records, results and progress events."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from holmes_stream.schemas.alerts import Alert
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    DEAD_LETTERED = "dead_lettered"
+    BUDGET_EXCEEDED = "budget_exceeded"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (Status.QUEUED, Status.RUNNING)
+
+
+class InvestigationRequest(BaseModel):
+    """An explicit request to investigate one alert."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["investigation_request"] = "investigation_request"
+    alert: Alert
+    question: str | None = Field(None, max_length=4000, description="Extra instructions")
+    model: str | None = Field(None, description="A configured model to use")
+    toolsets: list[str] | None = Field(None, description="Enabled toolsets to offer, by name")
+    tenant: str | None = None
+
+
+class ToolCall(BaseModel):
+    tool_name: str
+    toolset: str | None = None
+    status: str
+    description: str | None = None
+    output_excerpt: str = Field("", description="The first characters of the tool's output")
+
+
+class InvestigationResult(BaseModel):
+    analysis: str
+    tool_calls: list[ToolCall] = Field(default_factory=list)
+    model: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost: float = 0.0
+    num_llm_calls: int = 0
+    duration_seconds: float = 0.0
+
+
+class InvestigationRecord(BaseModel):
+    """What the store keeps and the results topic carries."""
+
+    schema_version: int = SCHEMA_VERSION
+    id: str
+    episode_key: str
+    fingerprint: str
+    tenant: str | None = None
+    status: Status
+    reason: str | None = Field(None, description="Why skipped, failed or cancelled")
+    alert: Alert
+    question: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    resolved_at: datetime | None = None
+    attempts: int = 0
+    result: InvestigationResult | None = None
+    error: str | None = None
+    source: dict[str, Any] = Field(default_factory=dict, description="Where the alert came from")
+
+
+# HolmesGPT's stream vocabulary plus our own lifecycle events.
+EventType = Literal[
+    "queued",
+    "started",
+    "start_tool_calling",
+    "tool_calling_result",
+    "ai_message",
+    "token_count",
+    "conversation_history_compacted",
+    "ai_answer_end",
+    "retry",
+    "error",
+    "completed",
+    "failed",
+    "cancelled",
+    "skipped",
+    "budget_exceeded",
+]
+
+TERMINAL_EVENTS: frozenset[str] = frozenset(
+    {"completed", "failed", "cancelled", "skipped", "budget_exceeded"}
+)
+
+
+class ProgressEvent(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    investigation_id: str
+    seq: int
+    type: EventType
+    payload: dict[str, Any] = Field(default_factory=dict)
+    at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_EVENTS
