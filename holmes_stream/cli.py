@@ -1,0 +1,157 @@
+"""``holmes-stream``: run a worker, the API, both, or the local development stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from holmes_stream import logs
+from holmes_stream.settings import Settings, get_settings
+
+_ENV_HELP = """
+configuration (environment variables; nested groups use a double underscore):
+  HOLMES_STREAM_KAFKA__BOOTSTRAP_SERVERS   Kafka bootstrap servers (127.0.0.1:19092)
+  HOLMES_STREAM_KAFKA__ALERTS_TOPIC        alerts topic (alerts)
+  HOLMES_STREAM_KAFKA__RESULTS_TOPIC       results topic (investigation.results)
+  HOLMES_STREAM_KAFKA__PROGRESS_TOPIC      progress topic (investigation.progress)
+  HOLMES_STREAM_KAFKA__DLQ_TOPIC           dead-letter topic (alerts.dlq)
+  HOLMES_STREAM_KAFKA__GROUP_ID            consumer group (holmes-stream)
+  HOLMES_STREAM_REDIS__URL                 Redis URL (redis://127.0.0.1:16379/0)
+  HOLMES_STREAM_LLM__MODEL                 litellm model, e.g. openai/gpt-4o (openai/scripted)
+  HOLMES_STREAM_LLM__API_BASE              OpenAI-compatible base URL
+  HOLMES_STREAM_LLM__API_KEY               provider API key
+  HOLMES_STREAM_WORKER__MAX_IN_FLIGHT      investigations at once per worker (32)
+  HOLMES_STREAM_API__HOST / __PORT         where the API listens (127.0.0.1:18000)
+The README lists every setting.
+"""
+
+
+def _run_uvicorn_with(settings: Settings, worker: bool) -> None:
+    import uvicorn
+
+    from holmes_stream.http import create_app
+    from holmes_stream.runtime import Runtime
+
+    async def main() -> None:
+        runtime = Runtime.build(settings, worker=True) if worker else None
+        if runtime is not None:
+            await runtime.start()
+        app = create_app(settings, runtime)
+        config = uvicorn.Config(
+            app, host=settings.api.host, port=settings.api.port, log_config=None, access_log=False
+        )
+        server = uvicorn.Server(config)
+        try:
+            await server.serve()
+        finally:
+            if runtime is not None:
+                await runtime.stop()
+
+    asyncio.run(main())
+
+
+def _run_worker(settings: Settings) -> None:
+    from holmes_stream.runtime import Runtime
+
+    async def main() -> None:
+        runtime = Runtime.build(settings, worker=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await runtime.start()
+        print(json.dumps({"event": "worker ready", "pid": os.getpid()}), flush=True)
+        await stop.wait()
+        await runtime.stop()
+
+    asyncio.run(main())
+
+
+def _run_workers(settings: Settings, processes: int) -> None:
+    """Several worker processes in one consumer group, sharing nothing but Kafka and Redis."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    children = [ctx.Process(target=_run_worker, args=(settings,)) for _ in range(processes)]
+    for child in children:
+        child.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.pid is not None:
+                os.kill(child.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        child.join()
+
+
+def _dev(args: argparse.Namespace, settings: Settings) -> int:
+    from holmes_stream import devrun
+
+    if args.dev_command == "up":
+        endpoints = devrun.up(settings)
+        if args.json:
+            print(json.dumps(endpoints))
+        else:
+            for name, value in endpoints.items():
+                print(f"{name:28} {value}")
+        return 0
+    devrun.down(settings)
+    print("local stack stopped")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="holmes-stream",
+        description="AI root-cause investigations of a stream of alerts (Kafka + HolmesGPT).",
+        epilog=_ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker", help="consume alerts and investigate them")
+    worker.add_argument("--processes", type=int, default=None, help="worker processes (1)")
+    sub.add_parser("api", help="serve the HTTP API")
+    sub.add_parser("run", help="worker and API in one process")
+    dev = sub.add_parser("dev", help="the local stack: Kafka, Redis, scripted LLM and the service")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    up = dev_sub.add_parser("up", help="start everything in the background")
+    up.add_argument("--json", action="store_true", help="print the endpoints as JSON")
+    dev_sub.add_parser("down", help="stop everything")
+    demo = sub.add_parser("demo", help="dev up, send the sample alerts, print the results")
+    demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = get_settings()
+    logs.configure(settings.log_level, settings.log_json)
+    if args.command == "worker":
+        processes = args.processes or settings.worker.processes
+        if processes > 1:
+            _run_workers(settings, processes)
+        else:
+            _run_worker(settings)
+    elif args.command == "api":
+        _run_uvicorn_with(settings, worker=False)
+    elif args.command == "run":
+        _run_uvicorn_with(settings, worker=True)
+    elif args.command == "dev":
+        return _dev(args, settings)
+    elif args.command == "demo":
+        from holmes_stream import devrun
+
+        return devrun.demo(settings, keep=args.keep)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

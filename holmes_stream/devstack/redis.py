@@ -1,0 +1,156 @@
+"""A private Redis server with an append-only file, for development and tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+from holmes_stream.devstack.kafka import (
+    file_lock,
+    pid_alive,
+    read_pid,
+    spawn_detached,
+    stop_pid,
+    wait_until,
+)
+
+_APT_LOCK = Path("/tmp/holmes-stream-apt-redis.lock")
+
+
+def ensure_redis_server() -> str:
+    """Path of ``redis-server``; installs Debian's package (as root) when it is missing."""
+    found = _find_redis_server()
+    if found:
+        return found
+    # Serialise installs: two test processes must not run apt-get at once.
+    with file_lock(_APT_LOCK):
+        found = _find_redis_server()
+        if found:
+            return found
+        if os.geteuid() != 0:
+            raise RuntimeError("redis-server is missing; install it (apt-get install redis-server)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update"], check=True, env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+    found = _find_redis_server()
+    if not found:
+        raise RuntimeError("apt-get installed redis-server but it is not on PATH")
+    return found
+
+
+def _find_redis_server() -> str | None:
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+
+
+def redis_ping(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True once the server answers PONG (while loading the AOF it answers -LOADING)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """``redis-server`` on its own port and directory, persisted with ``appendonly yes``."""
+
+    def __init__(self, data_dir: Path, port: int = 16379, host: str = "127.0.0.1") -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = port
+        self.host = host
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "redis.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "redis.log"
+
+    @property
+    def _conf(self) -> Path:
+        return self.data_dir / "redis.conf"
+
+    @property
+    def _marker(self) -> tuple[str, str]:
+        # Redis soon rewrites its process title from "redis-server CONF" to "... HOST:PORT".
+        return (str(self._conf), f"{self.host}:{self.port}")
+
+    def running(self) -> bool:
+        pid = read_pid(self.pid_file)
+        return pid is not None and pid_alive(pid, self._marker)
+
+    def start(self, timeout: float = 30) -> None:
+        """Start the server (no-op if already running) and wait until it answers PING."""
+        if self.running():
+            return
+        binary = ensure_redis_server()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        # stdout only catches start-up failures; redis itself logs to redis.log.
+        self._proc = spawn_detached(
+            [binary, str(self._conf)], self.data_dir / "redis.out", cwd=self.data_dir
+        )
+        self.pid_file.write_text(str(self._proc.pid))
+        try:
+            wait_until(
+                lambda: redis_ping(self.host, self.port),
+                timeout=timeout,
+                what=f"Redis on {self.host}:{self.port}",
+                alive=self.running,
+                log_file=self.log_file,
+                interval=0.05,
+            )
+        except BaseException:
+            self.kill()
+            raise
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM: Redis flushes the AOF and exits, so a restart keeps the data."""
+        stop_pid(self.pid_file, self._marker, timeout)
+        self._reap_own()
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash: at most the last second of writes is lost."""
+        stop_pid(self.pid_file, self._marker, 10.0, sig=signal.SIGKILL)
+        self._reap_own()
+
+    def _reap_own(self) -> None:
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+            self._proc = None
+
+    def _write_config(self) -> None:
+        conf = {
+            "bind": self.host,
+            "port": str(self.port),
+            "dir": str(self.data_dir),
+            "daemonize": "no",
+            "logfile": str(self.log_file),
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            # The AOF is the persistence; RDB snapshots would only add fork pauses.
+            "save": '""',
+            "protected-mode": "yes",
+        }
+        self._conf.write_text("".join(f"{k} {v}\n" for k, v in conf.items()))

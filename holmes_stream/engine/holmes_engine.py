@@ -1,0 +1,512 @@
+"""The investigation engine: HolmesGPT's agent loop, driven the way its own server drives it.
+
+One ``HolmesEngine`` holds one ``holmes.config.Config`` (built once, shared by all threads) and
+creates a fresh ``ToolCallingLLM`` per investigation, as HolmesGPT's ``/api/chat`` does. The loop
+runs on a helper thread so that the calling thread can honour cancellation and the time limit
+promptly even while an LLM request is blocking (HolmesGPT only checks its cancel event between
+steps).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from holmes_stream.engine.base import (
+    EngineCancelled,
+    EngineError,
+    EngineRequest,
+    EventSink,
+    PermanentEngineError,
+    TransientEngineError,
+)
+from holmes_stream.schemas import Alert, InvestigationResult, ToolCall
+from holmes_stream.settings import LLMSettings
+
+if TYPE_CHECKING:
+    from holmes.config import Config
+    from holmes.core.tool_calling_llm import ToolCallingLLM
+    from holmes.core.tools_utils.tool_executor import ToolExecutor
+
+log = logging.getLogger(__name__)
+
+# Default-on or commonly enabled HolmesGPT toolsets that need a cluster, a shell or the network.
+DISABLED_TOOLSETS: tuple[str, ...] = (
+    "kubernetes/core",
+    "kubernetes/logs",
+    "kubernetes/live-metrics",
+    "kubernetes/kube-prometheus-stack",
+    "internet",
+    "connectivity_check",
+    "bash",
+    "core_investigation",
+    "skills",
+    "robusta",
+    "helm/core",
+)
+
+# The stream vocabulary our ProgressEvent accepts; anything else HolmesGPT yields is not forwarded.
+FORWARDED_EVENTS: frozenset[str] = frozenset(
+    {
+        "start_tool_calling",
+        "tool_calling_result",
+        "ai_message",
+        "token_count",
+        "conversation_history_compacted",
+        "ai_answer_end",
+    }
+)
+
+TOOL_OUTPUT_EVENT_CHARS = 2000
+TOOL_OUTPUT_EXCERPT_CHARS = 2000
+AI_MESSAGE_EVENT_CHARS = 8000
+CONTEXT_PROMPT_CHARS = 20000
+# How often the waiting thread looks at the cancel event and the deadline.
+POLL_SECONDS = 0.1
+
+ASK_TEMPLATE = (
+    "Provide a terse root-cause analysis of the following Alertmanager alert: why it is "
+    "firing, the most likely root cause, and the evidence you found for it. Use the available "
+    "tools to gather evidence before concluding. If the evidence is insufficient, say what is "
+    "missing instead of guessing.\n\n"
+    "<alert>\n{alert}\n</alert>"
+)
+
+
+class InvestigationTimeout(TransientEngineError):
+    """The investigation exceeded ``LLMSettings.timeout_seconds`` (retryable)."""
+
+
+def _prepare_environment(settings: LLMSettings) -> None:
+    # Must run before the first holmes/litellm import: litellm would otherwise download its price
+    # map at import, and HolmesGPT reads LLM_REQUEST_TIMEOUT into a constant at import.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LLM_REQUEST_TIMEOUT", str(settings.timeout_seconds))
+
+
+def alert_payload(alert: Alert) -> dict[str, Any]:
+    """The alert as the LLM sees it: Alertmanager's own field names, JSON types."""
+    data = alert.model_dump(
+        mode="json",
+        include={"status", "labels", "annotations", "startsAt", "fingerprint", "generatorURL"},
+        exclude_none=True,
+    )
+    return {key: data[key] for key in sorted(data)}
+
+
+def build_ask(request: EngineRequest) -> str:
+    """The user turn of the investigation chat."""
+    alert_json = json.dumps(alert_payload(request.alert), indent=2, ensure_ascii=False)
+    parts = [ASK_TEMPLATE.format(alert=alert_json)]
+    if request.question:
+        parts.append(f"Additional instructions from the requester:\n{request.question}")
+    if request.context:
+        context_json = json.dumps(request.context, indent=2, sort_keys=True, default=str)
+        parts.append(
+            "Context gathered about this alert before the investigation:\n"
+            f"<context>\n{_truncate(context_json, CONTEXT_PROMPT_CHARS)}\n</context>"
+        )
+    return "\n\n".join(parts)
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"... [truncated, {len(text) - limit} more chars]"
+
+
+class HolmesEngine:
+    """Runs investigations with HolmesGPT 0.45. Safe to share between threads."""
+
+    def __init__(
+        self,
+        settings: LLMSettings,
+        extra_toolsets: list[Any] | None = None,
+        toolsets_config: dict[str, dict[str, Any]] | None = None,
+        *,
+        fast: bool = True,
+    ) -> None:
+        self._settings = settings
+        self._extra_toolsets = list(extra_toolsets or [])
+        self._toolsets_config = toolsets_config
+        self.fast = fast
+        self._lock = threading.Lock()
+        self._config: Config | None = None
+        self._executors: dict[frozenset[str], ToolExecutor] = {}
+        _prepare_environment(settings)
+
+    @property
+    def model_name(self) -> str:
+        return self._settings.model
+
+    def warm(self) -> None:
+        """Import HolmesGPT, build the config, toolsets and LLM once, ahead of the first alert."""
+        config = self._get_config()
+        ai = self._create_ai(config)
+        if self.fast:
+            from holmes_stream.engine import fastpath
+
+            fastpath.warm(ai, config)
+
+    # -- investigation ------------------------------------------------------------------------
+
+    def investigate(
+        self, request: EngineRequest, emit: EventSink, cancel: threading.Event
+    ) -> InvestigationResult:
+        started = time.monotonic()
+        if cancel.is_set():
+            raise EngineCancelled("cancelled before start")
+        if request.model and request.model != self._settings.model:
+            raise PermanentEngineError(f"model {request.model!r} is not configured")
+        try:
+            config = self._get_config()
+            ai = self._create_ai(config, request.toolsets)
+            messages = self._build_messages(ai, config, build_ask(request))
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise classify_exception(exc) from exc
+
+        collector = _ResultCollector()
+        deadline = started + self._settings.timeout_seconds
+        for event, data in self._run(ai, messages, cancel, deadline):
+            collector.add(event, data)
+            if event in FORWARDED_EVENTS:
+                emit(event, event_payload(event, data))
+        return collector.result(self._settings.model, time.monotonic() - started)
+
+    def _run(
+        self,
+        ai: ToolCallingLLM,
+        messages: list[dict[str, Any]],
+        cancel: threading.Event,
+        deadline: float,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield (event, data) from HolmesGPT's loop; raise an EngineError when it fails."""
+        stop = threading.Event()
+        events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        runner = threading.Thread(
+            target=_drain, args=(ai, messages, stop, events), name="holmes-loop", daemon=True
+        )
+        runner.start()
+        try:
+            while True:
+                kind, item = self._next(events, cancel, deadline)
+                if kind == "event":
+                    yield item
+                elif kind == "done":
+                    return
+                else:
+                    raise self._failure(item, cancel)
+        finally:
+            # Any exit but a finished loop (cancel, timeout, a failing emit) stops the runner at its
+            # next step; its blocking LLM request ends at the litellm request timeout.
+            stop.set()
+
+    def _next(
+        self, events: queue.SimpleQueue[tuple[str, Any]], cancel: threading.Event, deadline: float
+    ) -> tuple[str, Any]:
+        while True:
+            if cancel.is_set():
+                raise EngineCancelled("cancelled")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise InvestigationTimeout(
+                    f"timeout: investigation exceeded {self._settings.timeout_seconds:g}s"
+                )
+            try:
+                return events.get(timeout=min(POLL_SECONDS, remaining))
+            except queue.Empty:
+                continue
+
+    @staticmethod
+    def _failure(exc: BaseException, cancel: threading.Event) -> EngineError:
+        if cancel.is_set():
+            return EngineCancelled("cancelled")
+        error = classify_exception(exc)
+        error.__cause__ = exc
+        return error
+
+    # -- HolmesGPT objects --------------------------------------------------------------------
+
+    def _get_config(self) -> Config:
+        with self._lock:
+            if self._config is None:
+                self._config = self._build_config()
+            return self._config
+
+    def _build_config(self) -> Config:
+        from holmes.config import Config
+
+        toolsets: dict[str, dict[str, Any]] = {
+            name: {"enabled": False} for name in DISABLED_TOOLSETS
+        }
+        toolsets.update(self._toolsets_config or {})
+        return Config(
+            model=self._settings.model,
+            api_key=self._settings.api_key,
+            api_base=self._settings.api_base,
+            max_steps=self._settings.max_steps,
+            toolsets=toolsets,
+            additional_toolsets=self._extra_toolsets or None,
+        )
+
+    def _create_ai(self, config: Config, toolsets: list[str] | None = None) -> ToolCallingLLM:
+        from holmes.core.tools import PrerequisiteCacheMode, ToolsetTag
+
+        if self.fast:
+            from holmes_stream.engine import fastpath
+
+            ai = fastpath.create_toolcalling_llm(config)
+        else:
+            # The server's executor key: any other value rebuilds the shared tool executor.
+            ai = config.create_toolcalling_llm(
+                toolset_tag_filter=[ToolsetTag.CORE, ToolsetTag.CLUSTER],
+                enable_all_toolsets_possible=False,
+                prerequisite_cache=PrerequisiteCacheMode.DISABLED,
+                reuse_executor=True,
+            )
+        configure_llm(ai, self._settings)
+        if toolsets is not None:
+            ai = ai.with_executor(self._filtered_executor(ai.tool_executor, toolsets))
+        return ai
+
+    def _filtered_executor(self, base: ToolExecutor, wanted: list[str]) -> ToolExecutor:
+        """An executor offering only the named enabled toolsets (cached per selection)."""
+        from holmes.core.tools import ToolsetStatusEnum
+        from holmes.core.tools_utils.tool_executor import ToolExecutor
+
+        key = frozenset(wanted)
+        with self._lock:
+            cached = self._executors.get(key)
+            if cached is not None:
+                return cached
+        enabled = {ts.name for ts in base.toolsets if ts.status == ToolsetStatusEnum.ENABLED}
+        unknown = sorted(key - enabled)
+        if unknown:
+            raise PermanentEngineError(f"toolsets not enabled: {', '.join(unknown)}")
+        kept = [
+            ts for ts in base.toolsets if ts.name in key or ts.status != ToolsetStatusEnum.ENABLED
+        ]
+        executor = ToolExecutor(kept)
+        with self._lock:
+            return self._executors.setdefault(key, executor)
+
+    def _build_messages(self, ai: ToolCallingLLM, config: Config, ask: str) -> list[dict[str, Any]]:
+        if self.fast:
+            from holmes_stream.engine import fastpath
+
+            return fastpath.build_chat_messages(ask, ai=ai, config=config)
+        from holmes.core.conversations import build_chat_messages
+
+        return build_chat_messages(ask, [], ai=ai, config=config)
+
+
+def configure_llm(ai: ToolCallingLLM, settings: LLMSettings) -> None:
+    """Per-model litellm arguments, as a model_list.yaml entry would set them.
+
+    ``num_retries=0`` turns off litellm's and the OpenAI client's own retries (2 by default), so
+    the worker's retry policy is the only one. ``setdefault``: HolmesGPT keeps the first value.
+    """
+    args: dict[str, Any] = getattr(ai.llm, "args")  # noqa: B009 - DefaultLLM only, not on LLM
+    args.setdefault("temperature", settings.temperature)
+    args.setdefault("num_retries", 0)
+
+
+def _drain(
+    ai: ToolCallingLLM,
+    messages: list[dict[str, Any]],
+    stop: threading.Event,
+    events: queue.SimpleQueue[tuple[str, Any]],
+) -> None:
+    try:
+        for message in ai.call_stream(msgs=messages, cancel_event=stop):
+            if stop.is_set():
+                return
+            events.put(("event", (_event_name(message.event), message.data)))
+        events.put(("done", None))
+    except BaseException as exc:  # handed to the waiting thread, which classifies it
+        events.put(("error", exc))
+
+
+def _event_name(event: Any) -> str:
+    return str(getattr(event, "value", event))
+
+
+# -- results ----------------------------------------------------------------------------------
+
+
+class _ResultCollector:
+    """Builds the InvestigationResult from the stream: tool results and the final answer."""
+
+    def __init__(self) -> None:
+        self._tool_calls: dict[str, ToolCall] = {}
+        self._answer: dict[str, Any] | None = None
+
+    def add(self, event: str, data: dict[str, Any]) -> None:
+        if event == "tool_calling_result":
+            key = str(data.get("tool_call_id") or len(self._tool_calls))
+            self._tool_calls[key] = tool_call_from_event(data)
+        elif event == "ai_answer_end":
+            self._answer = data
+
+    def result(self, model: str, duration: float) -> InvestigationResult:
+        if self._answer is None:
+            # e.g. HolmesGPT paused for an approval we cannot give.
+            raise PermanentEngineError("the agent loop ended without an answer")
+        costs = self._answer.get("costs") or {}
+        prompt = int(costs.get("prompt_tokens") or 0)
+        completion = int(costs.get("completion_tokens") or 0)
+        return InvestigationResult(
+            analysis=self._answer.get("content") or "",
+            tool_calls=list(self._tool_calls.values()),
+            model=model,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=int(costs.get("total_tokens") or prompt + completion),
+            cost=float(costs.get("total_cost") or 0.0),
+            num_llm_calls=int(self._answer.get("num_llm_calls") or 0),
+            duration_seconds=round(duration, 3),
+        )
+
+
+def _tool_output(result: dict[str, Any]) -> str:
+    data = result.get("data")
+    if data in (None, "") and result.get("error"):
+        return str(result["error"])
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else json.dumps(data, default=str)
+
+
+def tool_call_from_event(data: dict[str, Any]) -> ToolCall:
+    result = data.get("result") or {}
+    return ToolCall(
+        tool_name=str(data.get("tool_name") or data.get("name") or "unknown"),
+        toolset=data.get("toolset_name"),
+        status=str(getattr(result.get("status"), "value", result.get("status")) or "unknown"),
+        description=data.get("description") or None,
+        output_excerpt=_tool_output(result)[:TOOL_OUTPUT_EXCERPT_CHARS],
+    )
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def event_payload(event: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A bounded, JSON-safe view of one HolmesGPT stream event (never the whole conversation)."""
+    if event == "tool_calling_result":
+        return _tool_result_payload(data)
+    if event == "start_tool_calling":
+        return {"tool_name": data.get("tool_name"), "id": data.get("id")}
+    if event == "ai_message":
+        return {
+            "content": _maybe_truncate(data.get("content"), AI_MESSAGE_EVENT_CHARS),
+            "reasoning": _maybe_truncate(data.get("reasoning"), AI_MESSAGE_EVENT_CHARS),
+        }
+    if event == "token_count":
+        metadata = data.get("metadata") or {}
+        return _json_safe(
+            {
+                key: metadata.get(key)
+                for key in ("tokens", "max_tokens", "max_output_tokens", "usage", "costs")
+                if key in metadata
+            }
+        )
+    if event == "ai_answer_end":
+        return _json_safe(
+            {
+                "content": data.get("content"),
+                "num_llm_calls": data.get("num_llm_calls"),
+                "costs": data.get("costs"),
+                "tool_calls": len(data.get("tool_calls") or []),
+            }
+        )
+    return _json_safe({k: v for k, v in data.items() if k not in ("messages", "prompt")})
+
+
+def _tool_result_payload(data: dict[str, Any]) -> dict[str, Any]:
+    result = data.get("result") or {}
+    output = _tool_output(result)
+    status = result.get("status")
+    return _json_safe(
+        {
+            "tool_call_id": data.get("tool_call_id"),
+            "tool_name": data.get("tool_name"),
+            "toolset_name": data.get("toolset_name"),
+            "description": data.get("description"),
+            "status": getattr(status, "value", status),
+            "error": _maybe_truncate(result.get("error"), TOOL_OUTPUT_EVENT_CHARS),
+            "params": result.get("params"),
+            "output": output[:TOOL_OUTPUT_EVENT_CHARS],
+            "output_chars": len(output),
+            "truncated": len(output) > TOOL_OUTPUT_EVENT_CHARS,
+        }
+    )
+
+
+def _maybe_truncate(value: Any, limit: int) -> Any:
+    return _truncate(value, limit) if isinstance(value, str) else value
+
+
+def _json_safe(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+_TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+
+
+def classify_exception(exc: BaseException) -> EngineError:
+    """Map an exception from HolmesGPT/litellm/openai to our retry semantics."""
+    if isinstance(exc, EngineError):
+        return exc
+    name = type(exc).__name__
+    message = f"{name}: {exc}"
+    if name == "LLMInterruptedError":
+        return EngineCancelled(message)
+    if _is_transient(exc):
+        return TransientEngineError(message)
+    return PermanentEngineError(message)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    import litellm
+    import openai
+
+    transient_types: tuple[type[BaseException], ...] = (
+        litellm.RateLimitError,
+        litellm.APIConnectionError,  # includes litellm.Timeout
+        litellm.Timeout,
+        litellm.ServiceUnavailableError,
+        litellm.InternalServerError,
+        litellm.BadGatewayError,
+        openai.APIConnectionError,  # includes openai.APITimeoutError
+        ConnectionError,
+        TimeoutError,
+    )
+    if isinstance(exc, transient_types):
+        return True
+    status = _status_code(exc)
+    if status is not None:
+        return status in _TRANSIENT_STATUS or status >= 500
+    # Bedrock throttling arrives as a bare Exception (HolmesGPT checks the same text).
+    return "Model is getting throttled" in str(exc)
+
+
+def _status_code(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if status is None:
+        response = getattr(exc, "response", None)
+        status = getattr(response, "status_code", None)
+    try:
+        return int(status) if status is not None else None
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,5 @@
+"""Everything the service writes to Kafka."""
+
+from holmes_stream.producers.kafka import KafkaProducers, make_broker
+
+__all__ = ["KafkaProducers", "make_broker"]

@@ -1,0 +1,104 @@
+"""Kafka publishers for alerts, results, progress events and dead letters."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+
+from holmes_stream.schemas import SCHEMA_VERSION, InvestigationRecord, ProgressEvent
+from holmes_stream.settings import KafkaSettings
+
+
+def make_broker(settings: KafkaSettings, **kwargs: Any) -> KafkaBroker:
+    """One broker per process; its producer waits for all in-sync replicas, without duplicates."""
+    return KafkaBroker(
+        settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=True,
+        client_id="holmes-stream",
+        **kwargs,
+    )
+
+
+def _headers(fingerprint: str | None = None, **extra: str) -> dict[str, str]:
+    headers = {"schema-version": str(SCHEMA_VERSION), **extra}
+    if fingerprint:
+        headers["alert-fingerprint"] = fingerprint
+    return headers
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    value: bytes | None
+    key: bytes | None
+    reason: str
+    message: str
+    attempts: int
+    source_topic: str
+    source_partition: int | None
+    source_offset: int | None
+    first_seen_ms: int
+
+
+class KafkaProducers:
+    def __init__(self, broker: KafkaBroker, settings: KafkaSettings) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.alerts = broker.publisher(
+            settings.alerts_topic, title="alerts", description="Alerts to investigate"
+        )
+        self.results = broker.publisher(
+            settings.results_topic,
+            title="investigation.results",
+            description="Investigation records with their outcome",
+            schema=InvestigationRecord,
+        )
+        self.progress = broker.publisher(
+            settings.progress_topic,
+            title="investigation.progress",
+            description="Progress events of running investigations",
+            schema=ProgressEvent,
+        )
+        self.dlq = broker.publisher(
+            settings.dlq_topic, title="alerts.dlq", description="Messages that cannot be processed"
+        )
+
+    async def publish_alert(self, body: bytes, key: str, tenant: str | None = None) -> None:
+        extra = {"tenant": tenant} if tenant else {}
+        await self.alerts.publish(
+            body, key=key.encode(), headers=_headers(**extra)
+        )
+
+    async def publish_result(self, record: InvestigationRecord) -> None:
+        await self.results.publish(
+            record.model_dump_json().encode(),
+            key=record.id.encode(),
+            headers=_headers(record.fingerprint, status=str(record.status)),
+        )
+
+    async def publish_progress(self, event: ProgressEvent, fingerprint: str) -> None:
+        # Progress is advisory (Redis holds the authoritative copy), so it is not awaited.
+        await self.progress.publish(
+            event.model_dump_json().encode(),
+            key=event.investigation_id.encode(),
+            headers=_headers(fingerprint, event=event.type),
+            no_confirm=True,
+        )
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        headers = _headers(
+            **{
+                "error-class": letter.reason,
+                "error-message": letter.message[:1000],
+                "attempts": str(letter.attempts),
+                "source-topic": letter.source_topic,
+                "source-partition": str(letter.source_partition),
+                "source-offset": str(letter.source_offset),
+                "first-seen-ms": str(letter.first_seen_ms),
+                "dead-lettered-ms": str(int(time.time() * 1000)),
+            }
+        )
+        await self.dlq.publish(letter.value or b"", key=letter.key, headers=headers)

@@ -1,0 +1,414 @@
+"""The service layer: every alert, from Kafka or from HTTP, is handled here.
+
+An investigation's id is its firing episode (tenant, alert identity, ``startsAt``), so every
+re-send of an episode lands on the same record; a lease in Redis makes sure that only one
+worker at a time runs its LLM loop, and a crashed worker's lease simply expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
+
+from holmes_stream import metrics
+from holmes_stream.engine.base import (
+    Engine,
+    EngineCancelled,
+    EngineRequest,
+    PermanentEngineError,
+    TransientEngineError,
+)
+from holmes_stream.intake import AlertWork
+from holmes_stream.producers.kafka import DeadLetter, KafkaProducers
+from holmes_stream.schemas import InvestigationRecord, InvestigationResult, ProgressEvent, Status
+from holmes_stream.schemas.investigations import utcnow
+from holmes_stream.settings import WorkerSettings
+from holmes_stream.store import RecordStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Failures of our own infrastructure that pass: retried, never turned into an outcome.
+TRANSIENT_IO: tuple[type[BaseException], ...] = (
+    RedisError,
+    KafkaError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+class Outcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    RESOLVED_NOTED = "resolved_noted"
+
+
+_STATUS_OUTCOME = {
+    Status.COMPLETED: Outcome.COMPLETED,
+    Status.FAILED: Outcome.FAILED,
+    Status.CANCELLED: Outcome.CANCELLED,
+    Status.SKIPPED: Outcome.SKIPPED,
+    Status.DEAD_LETTERED: Outcome.DEAD_LETTERED,
+    Status.BUDGET_EXCEEDED: Outcome.BUDGET_EXCEEDED,
+}
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a unit of work came from; kept for dead letters and the record."""
+
+    topic: str
+    partition: int | None = None
+    offset: int | None = None
+    timestamp_ms: int | None = None
+    key: bytes | None = None
+    value: bytes | None = None
+    first_seen_ms: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+@dataclass(frozen=True)
+class Submission:
+    id: str
+    status: Status
+    duplicate: bool
+
+
+def backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
+
+
+class EventPump:
+    """Carries progress events from the engine's thread, in order, to Redis and Kafka."""
+
+    def __init__(self, service: InvestigationService, record: InvestigationRecord) -> None:
+        self._service = service
+        self._record = record
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
+        self._task = asyncio.create_task(self._drain())
+
+    def emit_threadsafe(self, type_: str, payload: dict[str, Any]) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, (type_, payload))
+
+    async def _drain(self) -> None:
+        while (item := await self._queue.get()) is not None:
+            try:
+                await self._service.emit(self._record, *item)
+            except TRANSIENT_IO:
+                log.warning("progress event lost", extra={"investigation_id": self._record.id})
+
+    async def close(self) -> None:
+        self._queue.put_nowait(None)
+        await self._task
+
+
+class InvestigationService:
+    def __init__(
+        self,
+        store: RecordStore,
+        producers: KafkaProducers,
+        settings: WorkerSettings,
+        engine: Engine | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
+        self.store = store
+        self.producers = producers
+        self.settings = settings
+        self.engine = engine
+        self.executor = executor
+        self.worker_id = uuid.uuid4().hex[:12]
+        self.stopping = False
+        self._running: dict[str, threading.Event] = {}
+
+    # ---------------------------------------------------------------- submission (API side)
+    async def submit(self, works: list[AlertWork]) -> list[Submission]:
+        """Accept work for the workers: published to the alerts topic unless already known."""
+        out = []
+        for work in works:
+            existing = await self.store.get(work.investigation_id)
+            if existing is not None:
+                metrics.DEDUP_HITS.labels("api").inc()
+                out.append(Submission(existing.id, existing.status, True))
+                continue
+            body = work.to_request().model_dump_json().encode()
+            await self.producers.publish_alert(body, key=work.alert.identity(), tenant=work.tenant)
+            # Created only after Kafka took the message, so a queued record always has one.
+            record, created = await self.store.create(self._new_record(work, Source("api")))
+            out.append(Submission(record.id, record.status, not created))
+        return out
+
+    async def cancel(self, investigation_id: str, reason: str = "cancelled by request") -> None:
+        await self.store.request_stop(investigation_id, reason)
+
+    # ---------------------------------------------------------------- handling (worker side)
+    async def handle(self, work: AlertWork, source: Source) -> Outcome:
+        """Bring one alert to an outcome. Idempotent: safe to call again for the same alert."""
+        if work.alert.status == "resolved":
+            return await self._on_resolved(work, source)
+        record, _ = await self.store.create(self._new_record(work, source))
+        if record.status.terminal:
+            metrics.DEDUP_HITS.labels("kafka").inc()
+            return Outcome.DUPLICATE
+        stale = self._staleness(work, source)
+        if stale is not None:
+            return await self._finish(record, Status.SKIPPED, reason=stale)
+        return await self._run_exclusively(record, work, source)
+
+    def _new_record(self, work: AlertWork, source: Source) -> InvestigationRecord:
+        return InvestigationRecord(
+            id=work.investigation_id,
+            episode_key=work.alert.episode_key(),
+            fingerprint=work.alert.identity(),
+            tenant=work.tenant,
+            status=Status.QUEUED,
+            alert=work.alert,
+            question=work.question,
+            source=source.describe(),
+        )
+
+    def _staleness(self, work: AlertWork, source: Source) -> str | None:
+        window = timedelta(seconds=self.settings.stale_after_seconds)
+        now = utcnow()
+        if work.alert.startsAt < now - window:
+            return f"stale: started firing at {work.alert.startsAt.isoformat()}, before the window"
+        if source.timestamp_ms is not None:
+            produced = datetime.fromtimestamp(source.timestamp_ms / 1000, UTC)
+            if produced < now - window:
+                return f"stale: reached Kafka at {produced.isoformat()}, before the window"
+        return None
+
+    async def _on_resolved(self, work: AlertWork, source: Source) -> Outcome:
+        at = work.alert.endsAt or utcnow()
+        record = self._new_record(work, source)
+        record.status, record.resolved_at = Status.SKIPPED, at
+        record.reason = "resolved: no firing investigation of this episode was known"
+        record.finished_at = utcnow()
+        stored, created = await self.store.create(record)
+        if created:
+            await self.store.mark_resolved(record.id, at)
+            await self._publish_outcome(stored)
+            metrics.ALERTS_PROCESSED.labels(Outcome.SKIPPED).inc()
+            return Outcome.SKIPPED
+        resolved_at = await self.store.mark_resolved(stored.id, at)
+        if stored.status.terminal:
+            if stored.resolved_at is None:
+                stored.resolved_at = resolved_at
+                await self._durably(lambda: self._publish_outcome(stored))
+            return Outcome.RESOLVED_NOTED
+        if self.settings.cancel_on_resolve:
+            await self.store.request_stop(stored.id, f"alert resolved at {resolved_at.isoformat()}")
+        return Outcome.RESOLVED_NOTED
+
+    async def _run_exclusively(
+        self, record: InvestigationRecord, work: AlertWork, source: Source
+    ) -> Outcome:
+        owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+        lease = self.settings.claim_lease_seconds
+        while not await self.store.acquire_lease(record.id, owner, lease):
+            # Another worker runs this episode: wait for its outcome, or for its lease to lapse.
+            current = await self.store.get(record.id)
+            if current is not None and current.status.terminal:
+                metrics.DEDUP_HITS.labels("lease").inc()
+                return Outcome.DUPLICATE
+            await asyncio.sleep(min(1.0, lease / 10))
+        keeper = asyncio.create_task(self._keep_lease(record.id, owner, lease))
+        try:
+            current = await self.store.get(record.id)
+            if current is None or current.status.terminal:
+                metrics.DEDUP_HITS.labels("lease").inc()
+                return Outcome.DUPLICATE
+            return await self._investigate(current, work, source)
+        finally:
+            keeper.cancel()
+            await self.store.release_lease(record.id, owner)
+
+    async def _keep_lease(self, investigation_id: str, owner: str, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds / 3)
+            try:
+                await self.store.renew_lease(investigation_id, owner, seconds)
+            except TRANSIENT_IO:
+                log.warning("lease renewal failed", extra={"investigation_id": investigation_id})
+
+    async def _investigate(
+        self, record: InvestigationRecord, work: AlertWork, source: Source
+    ) -> Outcome:
+        if self.engine is None:
+            raise RuntimeError("this process has no investigation engine (API only)")
+        cancel = threading.Event()
+        self._running[record.id] = cancel
+        try:
+            while True:
+                stop = await self._stop_reason(record.id)
+                if stop is not None:
+                    return await self._finish(record, Status.CANCELLED, reason=stop)
+                record.status, record.started_at = Status.RUNNING, utcnow()
+                record.attempts += 1
+                await self.store.put(record)
+                await self.emit(record, "started", {"attempt": record.attempts})
+                outcome = await self._attempt(record, work, cancel)
+                if outcome is not None:
+                    return outcome
+                delay = backoff(
+                    record.attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds
+                )
+                await asyncio.sleep(delay)
+                if record.attempts >= self.settings.max_attempts:
+                    return await self._dead_letter(record, source)
+        finally:
+            self._running.pop(record.id, None)
+
+    async def _attempt(
+        self, record: InvestigationRecord, work: AlertWork, cancel: threading.Event
+    ) -> Outcome | None:
+        """Run the agent loop once. ``None`` means: a transient failure, try again."""
+        assert self.engine is not None
+        request = EngineRequest(
+            investigation_id=record.id,
+            alert=work.alert,
+            question=work.question,
+            model=work.model,
+            toolsets=work.toolsets,
+            tenant=work.tenant,
+        )
+        pump = EventPump(self, record)
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        metrics.IN_FLIGHT.inc()
+        try:
+            result = await loop.run_in_executor(
+                self.executor, self.engine.investigate, request, pump.emit_threadsafe, cancel
+            )
+        except TransientEngineError as exc:
+            record.error = f"{type(exc).__name__}: {exc}"
+            metrics.RETRIES.labels("llm").inc()
+            await pump.close()
+            await self.emit(record, "retry", {"attempt": record.attempts, "error": record.error})
+            return None
+        except EngineCancelled:
+            await pump.close()
+            reason = await self._stop_reason(record.id) or "cancelled"
+            return await self._finish(record, Status.CANCELLED, reason=reason)
+        except PermanentEngineError as exc:
+            await pump.close()
+            return await self._finish(record, Status.FAILED, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            metrics.IN_FLIGHT.dec()
+            metrics.INVESTIGATION_DURATION.labels("attempt").observe(time.perf_counter() - started)
+        await pump.close()
+        self._account(result, work.tenant)
+        return await self._finish(record, Status.COMPLETED, result=result)
+
+    def _account(self, result: InvestigationResult, tenant: str | None) -> None:
+        t = tenant or "default"
+        metrics.LLM_TOKENS.labels(result.model, t, "prompt").inc(result.prompt_tokens)
+        metrics.LLM_TOKENS.labels(result.model, t, "completion").inc(result.completion_tokens)
+        metrics.LLM_COST.labels(result.model, t).inc(result.cost)
+
+    async def _stop_reason(self, investigation_id: str) -> str | None:
+        return await self.store.stop_reason(investigation_id)
+
+    def stop_running(self, investigation_id: str) -> None:
+        """Called when a cancel request arrives: stops the local run, if any."""
+        event = self._running.get(investigation_id)
+        if event is not None:
+            event.set()
+
+    def cancel_all_running(self) -> None:
+        for event in self._running.values():
+            event.set()
+
+    async def _dead_letter(self, record: InvestigationRecord, source: Source) -> Outcome:
+        letter = DeadLetter(
+            value=source.value,
+            key=source.key,
+            reason="retries_exhausted",
+            message=record.error or "transient failures",
+            attempts=record.attempts,
+            source_topic=source.topic,
+            source_partition=source.partition,
+            source_offset=source.offset,
+            first_seen_ms=source.first_seen_ms,
+        )
+        await self._durably(lambda: self.producers.publish_dead_letter(letter))
+        metrics.DEAD_LETTERS.labels("retries_exhausted").inc()
+        return await self._finish(
+            record, Status.DEAD_LETTERED, reason=f"gave up after {record.attempts} attempts"
+        )
+
+    async def _finish(
+        self,
+        record: InvestigationRecord,
+        status: Status,
+        *,
+        reason: str | None = None,
+        error: str | None = None,
+        result: InvestigationResult | None = None,
+    ) -> Outcome:
+        """Make the outcome durable: record in Redis, result on Kafka, terminal event last."""
+        record.status, record.finished_at = status, utcnow()
+        record.reason = reason
+        if error is not None or status is Status.COMPLETED:
+            record.error = error
+        record.result = result
+        record.resolved_at = await self._durably(lambda: self.store.resolved_at(record.id))
+        await self._durably(lambda: self._publish_outcome(record))
+        outcome = _STATUS_OUTCOME[status]
+        metrics.ALERTS_PROCESSED.labels(outcome).inc()
+        if record.started_at is not None:
+            elapsed = (record.finished_at - record.started_at).total_seconds()
+            metrics.INVESTIGATION_DURATION.labels(outcome).observe(elapsed)
+        return outcome
+
+    async def _publish_outcome(self, record: InvestigationRecord) -> None:
+        await self.store.put(record)
+        await self.producers.publish_result(record)
+        payload: dict[str, Any] = {"status": record.status}
+        if record.reason:
+            payload["reason"] = record.reason
+        if record.error:
+            payload["error"] = record.error
+        event_type = "failed" if record.status is Status.DEAD_LETTERED else str(record.status)
+        await self.emit(record, event_type, payload)
+
+    async def emit(self, record: InvestigationRecord, type_: str, payload: dict[str, Any]) -> None:
+        event: ProgressEvent = await self.store.append_event(record.id, type_, payload)
+        await self.producers.publish_progress(event, record.fingerprint)
+
+    async def _durably(self, op: Callable[[], Awaitable[T]]) -> T:
+        """Retry an outcome write through Redis or Kafka blips: the work is done, keep it."""
+        attempt = 0
+        deadline = None
+        while True:
+            try:
+                return await op()
+            except TRANSIENT_IO as exc:
+                attempt += 1
+                if self.stopping:
+                    deadline = deadline or time.monotonic() + self.settings.shutdown_grace_seconds
+                    if time.monotonic() > deadline:
+                        raise
+                log.warning("outcome write failed, retrying: %s", exc)
+                await asyncio.sleep(backoff(attempt, 0.2, 5.0) + 0.05)

@@ -1,0 +1,202 @@
+"""The Redis result store: records, episode leases, progress streams and indexes.
+
+Keys (prefix ``p``, default ``hs:``):
+- ``{p}inv:{id}``            the investigation record (JSON); the id is the episode key
+- ``{p}lease:{id}``          which worker runs the episode now; expires unless renewed
+- ``{p}ev:{id}``             progress events, a Redis stream whose entry ids are ``{seq}-0``
+- ``{p}evseq:{id}``          the last sequence number given out
+- ``{p}idx:{all|fp|alertname|ns}[:{value}]``  sorted sets of ids scored by creation time
+- ``{p}cancel``              pub/sub channel of ids whose investigation must stop
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+
+from holmes_stream.schemas import InvestigationRecord, ProgressEvent
+
+# Sequence number and stream entry are written together so that a reader resuming from
+# sequence N gets exactly the events after N, whichever worker wrote them.
+_APPEND_EVENT = """
+local seq = redis.call('INCR', KEYS[2])
+local event = string.gsub(ARGV[1], '"seq":0', '"seq":' .. seq, 1)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', event)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return {seq, event}
+"""
+
+# Renew or release a lease only while we still own it.
+_RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RecordStore:
+    def __init__(
+        self, redis: Redis, prefix: str = "hs:", ttl_seconds: int = 7 * 86400, events_max_len: int = 2000
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl = ttl_seconds
+        self.events_max_len = events_max_len
+        self._append = redis.register_script(_APPEND_EVENT)
+        self._renew = redis.register_script(_RENEW_LEASE)
+        self._release = redis.register_script(_RELEASE_LEASE)
+
+    # -- keys -------------------------------------------------------------------------------
+    def _k(self, *parts: str) -> str:
+        return self.prefix + ":".join(parts)
+
+    @property
+    def cancel_channel(self) -> str:
+        return self._k("cancel")
+
+    # -- records ----------------------------------------------------------------------------
+    async def create(self, record: InvestigationRecord) -> tuple[InvestigationRecord, bool]:
+        """Store ``record`` unless one exists for its id; return the stored one and whether new."""
+        key = self._k("inv", record.id)
+        created = await self.redis.set(key, record.model_dump_json(), nx=True, ex=self.ttl)
+        if created:
+            await self._index(record)
+            return record, True
+        existing = await self.get(record.id)
+        if existing is None:  # expired between the two calls: try once more
+            return await self.create(record)
+        return existing, False
+
+    async def get(self, investigation_id: str) -> InvestigationRecord | None:
+        raw = await self.redis.get(self._k("inv", investigation_id))
+        return None if raw is None else InvestigationRecord.model_validate_json(raw)
+
+    async def get_many(self, ids: Sequence[str]) -> list[InvestigationRecord]:
+        if not ids:
+            return []
+        raws = await self.redis.mget([self._k("inv", i) for i in ids])
+        return [InvestigationRecord.model_validate_json(r) for r in raws if r is not None]
+
+    async def put(self, record: InvestigationRecord) -> None:
+        await self.redis.set(self._k("inv", record.id), record.model_dump_json(), ex=self.ttl)
+
+    async def _index(self, record: InvestigationRecord) -> None:
+        score = record.created_at.timestamp()
+        pipe = self.redis.pipeline(transaction=False)
+        for key in self._index_keys(record):
+            pipe.zadd(key, {record.id: score})
+            pipe.expire(key, self.ttl)
+        await pipe.execute()
+
+    def _index_keys(self, record: InvestigationRecord) -> list[str]:
+        keys = [self._k("idx", "all"), self._k("idx", "fp", record.fingerprint)]
+        keys.append(self._k("idx", "alertname", record.alert.alertname))
+        if record.alert.namespace:
+            keys.append(self._k("idx", "ns", record.alert.namespace))
+        return keys
+
+    async def list_ids(
+        self,
+        index: tuple[str, str] | None = None,
+        *,
+        before: float | None = None,
+        after: float | None = None,
+        limit: int = 50,
+    ) -> list[tuple[str, float]]:
+        """Ids newest first from one index, with their creation times (epoch seconds)."""
+        key = self._k("idx", *index) if index else self._k("idx", "all")
+        high: str | float = f"({before}" if before is not None else "+inf"
+        low: str | float = after if after is not None else "-inf"
+        rows = await self.redis.zrevrangebyscore(key, high, low, start=0, num=limit, withscores=True)
+        return [(i.decode() if isinstance(i, bytes) else i, s) for i, s in rows]
+
+    # -- leases -----------------------------------------------------------------------------
+    async def acquire_lease(self, investigation_id: str, owner: str, seconds: float) -> bool:
+        key = self._k("lease", investigation_id)
+        return bool(await self.redis.set(key, owner, nx=True, px=int(seconds * 1000)))
+
+    async def renew_lease(self, investigation_id: str, owner: str, seconds: float) -> bool:
+        key = self._k("lease", investigation_id)
+        return bool(await self._renew(keys=[key], args=[owner, int(seconds * 1000)]))
+
+    async def release_lease(self, investigation_id: str, owner: str) -> None:
+        await self._release(keys=[self._k("lease", investigation_id)], args=[owner])
+
+    async def lease_holder(self, investigation_id: str) -> str | None:
+        raw = await self.redis.get(self._k("lease", investigation_id))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
+    # -- progress events --------------------------------------------------------------------
+    async def append_event(
+        self, investigation_id: str, type_: str, payload: dict[str, Any], at: datetime | None = None
+    ) -> ProgressEvent:
+        draft = ProgressEvent(investigation_id=investigation_id, seq=0, type=type_, payload=payload)  # type: ignore[arg-type]
+        if at is not None:
+            draft.at = at
+        seq, raw = await self._append(
+            keys=[self._k("ev", investigation_id), self._k("evseq", investigation_id)],
+            args=[draft.model_dump_json(), self.events_max_len, self.ttl],
+        )
+        return ProgressEvent.model_validate_json(raw)
+
+    async def events_after(self, investigation_id: str, seq: int) -> list[ProgressEvent]:
+        rows = await self.redis.xrange(self._k("ev", investigation_id), min=f"({seq}-0", max="+")
+        return [ProgressEvent.model_validate_json(fields[b"e"]) for _, fields in rows]
+
+    async def wait_events(
+        self, investigation_id: str, seq: int, block_ms: int
+    ) -> list[ProgressEvent]:
+        """Events after ``seq``, waiting up to ``block_ms`` for the first one to arrive."""
+        result = await self.redis.xread(
+            {self._k("ev", investigation_id): f"{seq}-0"}, block=block_ms, count=500
+        )
+        events: list[ProgressEvent] = []
+        for _stream, rows in result or []:
+            events.extend(ProgressEvent.model_validate_json(f[b"e"]) for _, f in rows)
+        return events
+
+    # -- stopping: resolution and cancellation ----------------------------------------------
+    async def mark_resolved(self, investigation_id: str, at: datetime) -> datetime:
+        """Remember when the episode resolved (first report wins); return that time."""
+        key = self._k("resolved", investigation_id)
+        await self.redis.set(key, at.isoformat(), nx=True, ex=self.ttl)
+        return await self.resolved_at(investigation_id) or at
+
+    async def resolved_at(self, investigation_id: str) -> datetime | None:
+        raw = await self.redis.get(self._k("resolved", investigation_id))
+        return None if raw is None else datetime.fromisoformat(raw.decode())
+
+    async def request_stop(self, investigation_id: str, reason: str) -> None:
+        """Ask whichever worker runs the investigation to stop it, now or when it starts."""
+        await self.redis.set(self._k("stop", investigation_id), reason, nx=True, ex=self.ttl)
+        await self.redis.publish(self.cancel_channel, investigation_id)
+
+    async def stop_reason(self, investigation_id: str) -> str | None:
+        raw = await self.redis.get(self._k("stop", investigation_id))
+        return None if raw is None else raw.decode()
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        pubsub = self.redis.pubsub()
+        await pubsub.subscribe(self.cancel_channel)
+        try:
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    data = message["data"]
+                    yield data.decode() if isinstance(data, bytes) else data
+        finally:
+            await pubsub.aclose()
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
