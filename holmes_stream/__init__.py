@@ -1,0 +1,1 @@
+"""holmes-stream: Kafka-fed AI root-cause investigations of alerts with HolmesGPT."""

@@ -1,0 +1,224 @@
+"""One real Kafka broker, one Redis and one scripted LLM per test run; unique names per test.
+
+Where a Docker engine answers, ``HOLMES_STREAM_TEST_STACK=testcontainers`` makes the session use
+testcontainers for Kafka and Redis instead (not available on CI machines, which have no engine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from holmes_stream.devstack.scripted_llm import ScriptedLLM  # noqa: E402
+from holmes_stream.devstack.stack import LocalStack  # noqa: E402
+from holmes_stream.settings import (  # noqa: E402
+    ApiSettings,
+    KafkaSettings,
+    LLMSettings,
+    RedisSettings,
+    Settings,
+    WorkerSettings,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "tests" / "artifacts"
+FIXTURES = ROOT / "holmes_stream" / "fixtures"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    root = ARTIFACTS / "stack"
+    shutil.rmtree(root, ignore_errors=True)
+    local = LocalStack(
+        root,
+        kafka_port=free_port(),
+        controller_port=free_port(),
+        redis_port=free_port(),
+        llm_port=free_port(),
+    )
+    local.start()
+    print(f"\ntest stack: local Apache Kafka + redis-server + scripted LLM: {local.endpoints()}")
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+def make_settings(
+    stack: LocalStack, uid: str, llm_api_base: str | None = None, **worker: Any
+) -> Settings:
+    endpoints = stack.endpoints()
+    return Settings(
+        kafka=KafkaSettings(
+            bootstrap_servers=endpoints["kafka_bootstrap_servers"],
+            alerts_topic=f"alerts-{uid}",
+            results_topic=f"results-{uid}",
+            progress_topic=f"progress-{uid}",
+            dlq_topic=f"dlq-{uid}",
+            group_id=f"group-{uid}",
+            max_message_bytes=64_000,
+            session_timeout_ms=10_000,
+        ),
+        redis=RedisSettings(url=endpoints["redis_url"], key_prefix=f"t{uid}:"),
+        llm=LLMSettings(api_base=llm_api_base or endpoints["llm_api_base"], timeout_seconds=60),
+        worker=WorkerSettings(
+            **{"retry_base_seconds": 0.05, "retry_max_seconds": 0.5, "shutdown_grace_seconds": 10}
+            | worker
+        ),
+        api=ApiSettings(port=free_port(), sse_keepalive_seconds=1.0),
+    )
+
+
+@pytest.fixture
+def settings(stack: LocalStack, uid: str) -> Settings:
+    return make_settings(stack, uid)
+
+
+_ENGINES: dict[str, Any] = {}
+
+
+def shared_engine(settings: Settings) -> Any:
+    """HolmesGPT's Config is built once per LLM endpoint and Redis prefix for the whole run."""
+    from holmes_stream.engine.holmes_engine import HolmesEngine
+    from holmes_stream.engine.toolsets import history_toolset
+
+    key = f"{settings.llm.api_base}|{settings.redis.key_prefix}|{settings.llm.model}"
+    if key not in _ENGINES:
+        toolsets = [history_toolset(settings.redis.url, settings.redis.key_prefix)]
+        _ENGINES[key] = HolmesEngine(settings.llm, extra_toolsets=toolsets)
+    return _ENGINES[key]
+
+
+@pytest.fixture
+async def start_worker() -> AsyncIterator[Callable[..., Any]]:
+    """Start in-process workers (a Runtime each) on the test's event loop."""
+    from holmes_stream.runtime import Runtime
+
+    started: list[Runtime] = []
+
+    async def start(settings: Settings) -> Runtime:
+        runtime = Runtime.build(settings, worker=True, engine=shared_engine(settings))
+        await runtime.start()
+        started.append(runtime)
+        return runtime
+
+    yield start
+    for runtime in reversed(started):
+        with contextlib.suppress(Exception):
+            await runtime.stop()
+
+
+@pytest.fixture
+async def start_api() -> AsyncIterator[Callable[..., Any]]:
+    """Serve the API with uvicorn on the test's loop; returns its base URL."""
+    from holmes_stream.http import create_app
+
+    servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(settings: Settings, runtime: Any = None) -> str:
+        app = create_app(settings, runtime)
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=settings.api.port, log_config=None, lifespan="on"
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        servers.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.05)
+        return f"http://127.0.0.1:{settings.api.port}"
+
+    yield start
+    for server, task in servers:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def producer(stack: LocalStack) -> AsyncIterator[AIOKafkaProducer]:
+    """A plain aiokafka producer: what an Alertmanager-to-Kafka bridge would use."""
+    p = AIOKafkaProducer(bootstrap_servers=stack.endpoints()["kafka_bootstrap_servers"], acks="all")
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def collect(
+    bootstrap: str,
+    topic: str,
+    until: Callable[[list[Any]], bool],
+    timeout: float = 120,
+    decode: bool = True,
+) -> list[Any]:
+    """Read ``topic`` from the beginning until ``until(messages)`` or the timeout."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    out: list[Any] = []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not until(out) and loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                out.extend(json.loads(r.value) if decode else r for r in records)
+        return out
+    finally:
+        await consumer.stop()
+
+
+def load_fixture(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def fresh(payload: dict[str, Any], tag: str, starts_at: datetime | None = None) -> dict[str, Any]:
+    """The sample made new: fingerprints unique to ``tag``, firing since now."""
+    when = (starts_at or datetime.now(UTC)).isoformat(timespec="milliseconds")
+    payload = json.loads(json.dumps(payload))
+    for alert in payload.get("alerts", [payload]):
+        alert["fingerprint"] = f"{alert['fingerprint']}-{tag}"
+        alert["startsAt"] = when
+    return payload
+
+
+@pytest.fixture
+def scripted_llm_factory() -> Iterator[Callable[..., ScriptedLLM]]:
+    """A private scripted LLM for a test that counts requests or injects failures."""
+    started: list[ScriptedLLM] = []
+
+    def start(**config: Any) -> ScriptedLLM:
+        llm = ScriptedLLM(free_port(), data_dir=ARTIFACTS / f"llm-{uuid.uuid4().hex[:6]}", **config)
+        llm.start()
+        started.append(llm)
+        return llm
+
+    yield start
+    for llm in started:
+        llm.stop()
