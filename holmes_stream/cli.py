@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev_sub.add_parser("down", help="stop everything")
     demo = sub.add_parser("demo", help="dev up, send the sample alerts, print the results")
     demo.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    docs = sub.add_parser("docs", help="write the OpenAPI and AsyncAPI documents")
+    docs.add_argument("--out", default="docs", help="directory to write them to (docs)")
     return parser
 
 
@@ -146,6 +148,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _run_uvicorn_with(settings, worker=True)
     elif args.command == "dev":
         return _dev(args, settings)
+    elif args.command == "docs":
+        from pathlib import Path
+
+        from holmes_stream.http.docs import write_documents
+
+        for path in write_documents(Path(args.out)):
+            print(path)
     elif args.command == "demo":
         from holmes_stream import devrun
 

@@ -13,6 +13,7 @@ from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 
 from holmes_stream.consumers.alerts import Dispatcher, register_alert_subscriber
+from holmes_stream.consumers.health_server import serve_health
 from holmes_stream.producers.kafka import KafkaProducers, make_broker
 from holmes_stream.service import InvestigationService
 from holmes_stream.settings import Settings
@@ -41,6 +42,7 @@ class Runtime:
     dispatcher: Dispatcher | None = None
     executor: ThreadPoolExecutor | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _health: asyncio.AbstractServer | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, worker: bool, engine: Any = None) -> Runtime:
@@ -71,6 +73,11 @@ class Runtime:
                 await asyncio.get_running_loop().run_in_executor(self.executor, engine.warm)
             self._tasks.append(asyncio.create_task(self._listen_for_cancels()))
             await self.broker.start()
+            worker = self.settings.worker
+            if worker.health_port:
+                self._health = await serve_health(
+                    worker.health_host, worker.health_port, lambda: not self.service.stopping
+                )
         else:
             await self.broker.connect()
         log.info("started", extra={"worker": self.dispatcher is not None})
@@ -91,6 +98,8 @@ class Runtime:
             await self.dispatcher.drain(self.settings.worker.shutdown_grace_seconds)
         for task in self._tasks:
             task.cancel()
+        if self._health is not None:
+            self._health.close()
         with contextlib.suppress(Exception):
             await self.broker.stop()
         if self.executor is not None:

@@ -50,6 +50,10 @@ TRANSIENT_IO: tuple[type[BaseException], ...] = (
 )
 
 
+# How often a duplicate checks whether the worker holding its episode has finished.
+_LEASE_POLL_SECONDS = 0.25
+
+
 class Outcome(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
@@ -232,7 +236,7 @@ class InvestigationService:
             if current is not None and current.status.terminal:
                 metrics.DEDUP_HITS.labels("lease").inc()
                 return Outcome.DUPLICATE
-            await asyncio.sleep(min(1.0, lease / 10))
+            await asyncio.sleep(_LEASE_POLL_SECONDS)
         keeper = asyncio.create_task(self._keep_lease(record.id, owner, lease))
         try:
             current = await self.store.get(record.id)
@@ -309,8 +313,11 @@ class InvestigationService:
             return None
         except EngineCancelled:
             await pump.close()
-            reason = await self._stop_reason(record.id) or "cancelled"
-            return await self._finish(record, Status.CANCELLED, reason=reason)
+            reason = await self._stop_reason(record.id)
+            if reason is None and self.stopping:
+                # Interrupted by our own shutdown, not by a user: leave it for redelivery.
+                raise asyncio.CancelledError from None
+            return await self._finish(record, Status.CANCELLED, reason=reason or "cancelled")
         except PermanentEngineError as exc:
             await pump.close()
             return await self._finish(record, Status.FAILED, error=f"{type(exc).__name__}: {exc}")

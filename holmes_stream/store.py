@@ -5,7 +5,8 @@ Keys (prefix ``p``, default ``hs:``):
 - ``{p}lease:{id}``          which worker runs the episode now; expires unless renewed
 - ``{p}ev:{id}``             progress events, a Redis stream whose entry ids are ``{seq}-0``
 - ``{p}evseq:{id}``          the last sequence number given out
-- ``{p}idx:{all|fp|alertname|ns}[:{value}]``  sorted sets of ids scored by creation time
+- ``{p}idx:{all|fp|alertname|ns|tenant|untenanted}[:{value}]``  sorted sets of ids scored by
+  creation time
 - ``{p}cancel``              pub/sub channel of ids whose investigation must stop
 """
 
@@ -104,11 +105,15 @@ class RecordStore:
         keys.append(self._k("idx", "alertname", record.alert.alertname))
         if record.alert.namespace:
             keys.append(self._k("idx", "ns", record.alert.namespace))
+        if record.tenant:
+            keys.append(self._k("idx", "tenant", record.tenant))
+        else:
+            keys.append(self._k("idx", "untenanted"))
         return keys
 
     async def list_ids(
         self,
-        index: tuple[str, str] | None = None,
+        index: tuple[str, ...] | None = None,
         *,
         before: float | None = None,
         after: float | None = None,
@@ -120,6 +125,40 @@ class RecordStore:
         low: str | float = after if after is not None else "-inf"
         rows = await self.redis.zrevrangebyscore(key, high, low, start=0, num=limit, withscores=True)
         return [(i.decode() if isinstance(i, bytes) else i, s) for i, s in rows]
+
+    async def list_page(
+        self,
+        index: tuple[str, ...] | None,
+        *,
+        cursor: tuple[float, str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        batch: int = 50,
+    ) -> list[tuple[str, float]]:
+        """Up to ``batch`` ids newest first, strictly after ``cursor`` (score, id) in that order.
+
+        Members of equal score come in reverse lexicographic order, so the cursor's id breaks
+        ties and no record is skipped or repeated at a page boundary.
+        """
+        key = self._k("idx", *index) if index else self._k("idx", "all")
+        high: float | str = "+inf" if until is None else until
+        if cursor is not None and (until is None or cursor[0] <= until):
+            high = cursor[0]
+        low: float | str = "-inf" if since is None else since
+        rows: list[tuple[str, float]] = []
+        offset = 0
+        while True:
+            got = await self.redis.zrevrangebyscore(
+                key, high, low, start=offset, num=batch, withscores=True
+            )
+            for raw, score in got:
+                member = raw.decode() if isinstance(raw, bytes) else raw
+                if cursor is not None and score == cursor[0] and member >= cursor[1]:
+                    continue
+                rows.append((member, score))
+            if rows or len(got) < batch:
+                return rows
+            offset += len(got)
 
     # -- leases -----------------------------------------------------------------------------
     async def acquire_lease(self, investigation_id: str, owner: str, seconds: float) -> bool:

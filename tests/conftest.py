@@ -28,6 +28,7 @@ from holmes_stream.devstack.scripted_llm import ScriptedLLM  # noqa: E402
 from holmes_stream.devstack.stack import LocalStack  # noqa: E402
 from holmes_stream.settings import (  # noqa: E402
     ApiSettings,
+    AuthSettings,
     KafkaSettings,
     LLMSettings,
     RedisSettings,
@@ -48,7 +49,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def stack() -> Iterator[LocalStack]:
-    root = ARTIFACTS / "stack"
+    # Per test session: parallel runs on one machine must not share a broker's data.
+    root = ARTIFACTS / f"stack-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
     local = LocalStack(
         root,
@@ -61,6 +63,7 @@ def stack() -> Iterator[LocalStack]:
     print(f"\ntest stack: local Apache Kafka + redis-server + scripted LLM: {local.endpoints()}")
     yield local
     local.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -86,10 +89,17 @@ def make_settings(
         redis=RedisSettings(url=endpoints["redis_url"], key_prefix=f"t{uid}:"),
         llm=LLMSettings(api_base=llm_api_base or endpoints["llm_api_base"], timeout_seconds=60),
         worker=WorkerSettings(
-            **{"retry_base_seconds": 0.05, "retry_max_seconds": 0.5, "shutdown_grace_seconds": 10}
+            **{
+                "retry_base_seconds": 0.05,
+                "retry_max_seconds": 0.5,
+                "shutdown_grace_seconds": 10,
+                "health_port": 0,
+            }
             | worker
         ),
         api=ApiSettings(port=free_port(), sse_keepalive_seconds=1.0),
+        # Tests of the service run without credentials; tests/test_http_auth.py turns auth on.
+        auth=AuthSettings(mode="disabled"),
     )
 
 
@@ -222,3 +232,30 @@ def scripted_llm_factory() -> Iterator[Callable[..., ScriptedLLM]]:
     yield start
     for llm in started:
         llm.stop()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the HOLMES_STREAM_* environment of a child process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOLMES_STREAM_")}
+    for group, values in settings.model_dump(mode="json").items():
+        if isinstance(values, dict):
+            for name, value in values.items():
+                if value is None:
+                    continue
+                text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+                env[f"HOLMES_STREAM_{group.upper()}__{name.upper()}"] = text
+        else:
+            env[f"HOLMES_STREAM_{group.upper()}"] = str(values)
+    env["HOLMES_STREAM_LLM__API_KEY"] = settings.llm.api_key.get_secret_value()
+    env["HOLMES_STREAM_LOG_JSON"] = "true"
+    return env
+
+
+async def count_keys(redis_url: str, pattern: str) -> int:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url)
+    try:
+        return sum([1 async for _ in client.scan_iter(match=pattern, count=1000)])
+    finally:
+        await client.aclose()

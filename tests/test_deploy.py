@@ -52,7 +52,9 @@ def tool(name: str, path: Path) -> Path:
     status = status_file.read_text().strip() if status_file.exists() else ""
     if status.startswith("failed"):
         pytest.skip(f"{name} could not be installed by {INSTALL_CMD}: {status}")
-    pytest.fail(f"{name} not found at {path}; run `{INSTALL_CMD}` first (status: {status or 'none'})")
+    pytest.fail(
+        f"{name} not found at {path}; run `{INSTALL_CMD}` first (status: {status or 'none'})"
+    )
 
 
 def run(cmd: list[str | Path], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -280,8 +282,12 @@ def test_services_and_monitors_select_pods(name: str) -> None:
             if sel.items() <= d["spec"]["template"]["metadata"]["labels"].items()
         ]
         assert targets, f"Service {svc['metadata']['name']} selects no pods"
-        port_names = {p["name"] for d in targets for c in d["spec"]["template"]["spec"]["containers"]
-                      for p in c["ports"]}
+        port_names = {
+            p["name"]
+            for d in targets
+            for c in d["spec"]["template"]["spec"]["containers"]
+            for p in c["ports"]
+        }
         for p in svc["spec"]["ports"]:
             assert p["targetPort"] in port_names, (svc["metadata"]["name"], p)
     for sm in find(docs, "ServiceMonitor"):
@@ -295,7 +301,7 @@ def test_services_and_monitors_select_pods(name: str) -> None:
 
 def test_secret_is_template_only() -> None:
     base = one(render("base"), "Secret", "holmes-stream-secrets")
-    for key, value in base["stringData"].items():
+    for key in base["stringData"]:
         assert key.startswith("HOLMES_STREAM_"), key
     assert base["stringData"]["HOLMES_STREAM_LLM__API_KEY"] == "REPLACE_ME"
     assert not find(render("overlays/production"), "Secret"), "production must not ship a Secret"
@@ -314,7 +320,9 @@ def test_promtool_check_rules(tmp_path: Path) -> None:
     rules.write_text(yaml.safe_dump(prometheus_rule_groups(), sort_keys=False))
     res = run([promtool(), "check", "rules", rules])
     assert res.returncode == 0, res.stdout + res.stderr
-    alerts = {r["alert"] for g in prometheus_rule_groups()["groups"] for r in g["rules"] if "alert" in r}
+    alerts = {
+        r["alert"] for g in prometheus_rule_groups()["groups"] for r in g["rules"] if "alert" in r
+    }
     for required in (
         "HolmesStreamConsumerLagHigh",
         "HolmesStreamDeadLetters",
@@ -475,6 +483,7 @@ def test_metrics_in_dashboard_exist(service_metric_names: set[str]) -> None:
     used = set()
     for expr in exprs:
         expr = re.sub(r"\$\{?\w+\}?", "", expr)
+        expr = re.sub(r"label_values\(\s*([^,()]+?)\s*,\s*\w+\s*\)", r"\1", expr)
         used |= metric_names_in(expr)
     missing = sorted(used - service_metric_names - FOREIGN_METRICS)
     assert not missing, f"dashboard uses metrics the service does not expose: {missing}"
@@ -482,11 +491,14 @@ def test_metrics_in_dashboard_exist(service_metric_names: set[str]) -> None:
 
 def test_metric_name_extraction() -> None:
     expr = (
-        'sum by (namespace, topic) (max by (topic, partition) '
+        "sum by (namespace, topic) (max by (topic, partition) "
         '(holmes_stream_consumer_lag_messages{topic="alerts"})) > 5 unless on (namespace) '
         "histogram_quantile(0.95, sum by (le) (rate(holmes_stream_x_bucket[5m])))"
     )
-    assert metric_names_in(expr) == {"holmes_stream_consumer_lag_messages", "holmes_stream_x_bucket"}
+    assert metric_names_in(expr) == {
+        "holmes_stream_consumer_lag_messages",
+        "holmes_stream_x_bucket",
+    }
     text = "# HELP a_total x\n# TYPE a_total counter\n# TYPE h histogram\nh_count 1.0\n"
     assert {"a_total", "h_bucket", "h_sum", "h_count"} <= exposed_sample_names(text)
 

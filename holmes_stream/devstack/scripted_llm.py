@@ -58,6 +58,9 @@ class ScriptConfig:
     down: bool = False
     hang_seconds: float = 0.0
     seed: int = 0
+    # When set, every chat-completions request body is appended to this file, one per line
+    # (benchmarks compare what two clients sent; OpenAI clients send single-line JSON).
+    record_file: str | None = None
 
     def updated(self, changes: dict[str, Any]) -> ScriptConfig:
         """A copy with ``changes`` applied; unknown keys or bad values raise ValueError."""
@@ -334,6 +337,9 @@ def create_app(config: ScriptConfig | None = None, **overrides: Any) -> Litestar
             state.by_status[status] += 1
             return _error(status, f"scripted failure ({status})")
         raw = await request.body()
+        if cfg.record_file:
+            with open(cfg.record_file, "ab") as out:
+                out.write(raw.replace(b"\n", b"\\n") + b"\n")
         try:
             body = msgspec.json.decode(raw)
             if not isinstance(body, dict) or body.get("stream"):

@@ -25,6 +25,8 @@ def service_env(endpoints: dict[str, str], **overrides: str) -> dict[str, str]:
         HOLMES_STREAM_LLM__MODEL="openai/scripted",
         HOLMES_STREAM_LLM__API_KEY="dummy",
         LITELLM_LOCAL_MODEL_COST_MAP="True",
+        # The local stack is for development: no credentials (the service logs a warning).
+        HOLMES_STREAM_AUTH__MODE="disabled",
     )
     env.update(overrides)
     return env

@@ -24,6 +24,17 @@ class EngineRequest:
     context: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ChatEngineRequest:
+    """A follow-up question on a finished investigation, with its conversation so far."""
+
+    investigation_id: str
+    question: str
+    history: list[dict[str, Any]]
+    model: str | None = None
+    tenant: str | None = None
+
+
 class EngineError(Exception):
     """An investigation attempt failed."""
 
@@ -43,4 +54,12 @@ class EngineCancelled(EngineError):
 class Engine(Protocol):
     def investigate(
         self, request: EngineRequest, emit: EventSink, cancel: threading.Event
+    ) -> InvestigationResult: ...
+
+
+class ChatEngine(Engine, Protocol):
+    """An engine that can also continue a finished investigation's conversation."""
+
+    def chat(
+        self, request: ChatEngineRequest, emit: EventSink, cancel: threading.Event
     ) -> InvestigationResult: ...

@@ -36,6 +36,8 @@ async def _kafka_reachable(state: State) -> None:
 
 
 class HealthController(Controller):
+    """Open: liveness and readiness never need credentials."""
+
     include_in_schema = True
     tags = ["operations"]
 
@@ -58,6 +60,13 @@ class HealthController(Controller):
             status_code=200 if ok else 503,
         )
 
+
+class MetricsController(Controller):
+    """Prometheus metrics; `auth.protect_metrics` puts them behind the `admin` scope."""
+
+    tags = ["operations"]
+
     @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
     async def metrics_endpoint(self) -> Response[bytes]:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+

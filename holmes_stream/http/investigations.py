@@ -3,21 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+from aiokafka.errors import KafkaError
+from faststream.exceptions import IncorrectState
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
-from litestar.params import Body, Parameter
+from litestar.params import Body, HeaderParameter, PathParameter, QueryParameter
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 from pydantic import BaseModel
 
 from holmes_stream import metrics
-from holmes_stream.intake import AlertWork, RejectedMessage, parse_payload
+from holmes_stream.auth import READ, WRITE, Authenticator, Principal
 from holmes_stream.http.problems import Problem
-from holmes_stream.schemas import InvestigationRecord, Status
-from holmes_stream.service import InvestigationService
+from holmes_stream.http.security import SECURITY, requires
+from holmes_stream.http.sse_hub import SSEHub
+from holmes_stream.intake import AlertWork, RejectedMessage, parse_payload
+from holmes_stream.schemas import InvestigationRecord, ProgressEvent, Status
 from holmes_stream.store import RecordStore
+
+InvestigationId = Annotated[str, PathParameter(description="Investigation id", max_length=300)]
+AccessToken = Annotated[
+    str | None,
+    QueryParameter(
+        description="Short-lived page token (for EventSource and the browser page), instead of"
+        " a header; see POST /api/v1/investigations/{id}/access-token"
+    ),
+]
 
 
 class SubmittedInvestigation(BaseModel):
@@ -36,21 +54,68 @@ class InvestigationPage(BaseModel):
     next_cursor: str | None
 
 
-def _works(payload: Any, tenant: str | None) -> list[AlertWork]:
+class AccessTokenResponse(BaseModel):
+    access_token: str
+    expires_at: datetime
+    page_url: str
+
+
+# ------------------------------------------------------------------------------- helpers
+def _principal(request: Request[Any, Any, Any]) -> Principal:
+    return request.scope["user"]  # type: ignore[no-any-return]
+
+
+def submission_tenant(principal: Principal, payload: Any) -> str | None:
+    """The tenant a submission is made for; a tenant principal cannot submit for another."""
+    body_tenant = None
+    if isinstance(payload, dict) and payload.get("kind") == "investigation_request":
+        raw = payload.get("tenant")
+        body_tenant = raw if isinstance(raw, str) and raw else None
+    if principal.tenant is not None:
+        if body_tenant not in (None, principal.tenant):
+            raise Problem(403, "Forbidden", f"tenant: you may submit only for {principal.tenant!r}")
+        return principal.tenant
+    if body_tenant is not None and not principal.is_admin:
+        raise Problem(403, "Forbidden", "tenant: only an admin may submit for a tenant")
+    return body_tenant
+
+
+def works_of(payload: Any, principal: Principal) -> list[AlertWork]:
+    tenant = submission_tenant(principal, payload)
     try:
-        return parse_payload(payload, tenant)
+        works = parse_payload(payload, tenant)
     except RejectedMessage as exc:
         raise Problem(422, "Invalid alert payload", exc.detail) from exc
+    return [replace(w, tenant=tenant) for w in works]
+
+
+def _base_url(request: Request[Any, Any, Any]) -> str:
+    public = request.app.state.settings.api.public_url
+    return (public or str(request.base_url)).rstrip("/")
 
 
 async def submit_works(
-    request: Request[Any, Any, Any], service: InvestigationService, works: list[AlertWork]
+    request: Request[Any, Any, Any], works: list[AlertWork]
 ) -> Response[SubmitResponse]:
-    submissions = await service.submit(works)
-    base = str(request.base_url).rstrip("/")
+    """Hand the works to Kafka; 503 with Retry-After whenever Kafka does not take them."""
+    state = request.app.state
+    try:
+        async with asyncio.timeout(state.settings.api.submit_timeout_seconds):
+            submissions = await state.service.submit(works)
+    except (KafkaError, IncorrectState, TimeoutError, OSError) as exc:
+        raise Problem(
+            503,
+            "Service unavailable",
+            f"Kafka did not take the alerts ({type(exc).__name__}); retry later",
+            retry_after=5,
+        ) from exc
+    base = _base_url(request)
     items = [
         SubmittedInvestigation(
-            id=s.id, status=s.status, duplicate=s.duplicate, href=f"{base}/api/v1/investigations/{s.id}"
+            id=s.id,
+            status=s.status,
+            duplicate=s.duplicate,
+            href=f"{base}/api/v1/investigations/{s.id}",
         )
         for s in submissions
     ]
@@ -59,83 +124,36 @@ async def submit_works(
     )
 
 
-async def _load(store: RecordStore, investigation_id: str) -> InvestigationRecord:
+async def load_visible(
+    store: RecordStore, principal: Principal, investigation_id: str
+) -> InvestigationRecord:
+    """The record, or 404 when it does not exist or belongs to another tenant."""
     record = await store.get(investigation_id)
-    if record is None:
+    if record is None or not principal.can_see(record.tenant, record.id):
         raise Problem(404, "Not found", f"no investigation with id {investigation_id!r}")
     return record
 
 
-class InvestigationController(Controller):
-    path = "/api/v1/investigations"
-    tags = ["investigations"]
+def encode_cursor(score: float, member: str) -> str:
+    raw = json.dumps([score, member], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
-    @post(
-        "/",
-        status_code=202,
-        summary="Submit an alert, an Alertmanager group or an investigation request",
-    )
-    async def submit(
-        self,
-        request: Request[Any, Any, Any],
-        state: State,
-        data: Annotated[dict[str, Any], Body(description="Alert, webhook v4 group or request")],
-    ) -> Response[SubmitResponse]:
-        return await submit_works(request, state.service, _works(data, None))
 
-    @get("/{investigation_id:str}", summary="Look up an investigation")
-    async def lookup(self, state: State, investigation_id: str) -> InvestigationRecord:
-        return await _load(state.store, investigation_id)
+def decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        score, member = json.loads(raw)
+        if not isinstance(member, str):
+            raise ValueError("member")
+        return float(score), member
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+        raise Problem(400, "Invalid request parameter", "cursor: not a cursor of this API") from exc
 
-    @get("/", summary="List investigations, newest first")
-    async def list_investigations(
-        self,
-        state: State,
-        status: Status | None = None,
-        alertname: str | None = None,
-        namespace: str | None = None,
-        severity: str | None = None,
-        cursor: str | None = Parameter(None, description="next_cursor of the previous page"),
-        limit: int = Parameter(50, ge=1, le=500),
-    ) -> InvestigationPage:
-        store: RecordStore = state.store
-        index = ("alertname", alertname) if alertname else ("ns", namespace) if namespace else None
-        before = float(cursor) if cursor else None
-        items: list[InvestigationRecord] = []
-        next_cursor = None
-        while len(items) < limit:
-            rows = await store.list_ids(index, before=before, limit=limit)
-            if not rows:
-                break
-            for record in await store.get_many([i for i, _ in rows]):
-                if _matches(record, status, alertname, namespace, severity):
-                    items.append(record)
-            before = rows[-1][1]
-            next_cursor = repr(before)
-            if len(rows) < limit:
-                next_cursor = None
-                break
-        return InvestigationPage(items=items[:limit], next_cursor=next_cursor)
 
-    @post("/{investigation_id:str}/cancel", status_code=202, summary="Cancel an investigation")
-    async def cancel(self, state: State, investigation_id: str) -> InvestigationRecord:
-        record = await _load(state.store, investigation_id)
-        if not record.status.terminal:
-            await state.service.cancel(investigation_id)
-        return record
-
-    @get("/{investigation_id:str}/events", summary="Progress as Server-Sent Events")
-    async def events(
-        self,
-        state: State,
-        investigation_id: str,
-        last_event_id: str | None = Parameter(None, header="Last-Event-ID"),
-    ) -> ServerSentEvent:
-        store: RecordStore = state.store
-        await _load(store, investigation_id)
-        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-        keepalive = state.settings.api.sse_keepalive_seconds
-        return ServerSentEvent(_event_stream(store, investigation_id, start, keepalive))
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
 
 def _matches(
@@ -154,24 +172,226 @@ def _matches(
     )
 
 
-async def _event_stream(
-    store: RecordStore, investigation_id: str, after: int, keepalive: float
+# ---------------------------------------------------------------------------- controller
+class InvestigationController(Controller):
+    path = "/api/v1/investigations"
+    tags = ["investigations"]
+    security = SECURITY
+
+    @post(
+        "/",
+        status_code=202,
+        summary="Submit an alert, an Alertmanager group or an investigation request",
+        description=(
+            "The body is one of: an Alertmanager webhook v4 group (`alerts` list), a bare"
+            " alert (`labels`, `startsAt`, ...), or an explicit request"
+            " `{\"kind\": \"investigation_request\", \"alert\": {...}, \"question\": ...,"
+            " \"model\": ..., \"toolsets\": [...]}`. Answers 202 with the investigation ids"
+            " (deterministic per firing episode, tenant-prefixed for tenant callers) and a"
+            " Location header; 503 with Retry-After when Kafka does not take the message."
+        ),
+        guards=[requires(WRITE)],
+    )
+    async def submit(
+        self,
+        request: Request[Any, Any, Any],
+        data: Annotated[
+            dict[str, Any], Body(description="Alert, webhook v4 group or investigation request")
+        ],
+    ) -> Response[SubmitResponse]:
+        return await submit_works(request, works_of(data, _principal(request)))
+
+    @get(
+        "/{investigation_id:str}",
+        summary="Look up an investigation",
+        guards=[requires(READ, page_token=True)],
+    )
+    async def lookup(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        investigation_id: InvestigationId,
+        access_token: AccessToken = None,
+    ) -> InvestigationRecord:
+        return await load_visible(state.store, _principal(request), investigation_id)
+
+    @get("/", summary="List investigations, newest first", guards=[requires(READ)])
+    async def list_investigations(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        status: Annotated[Status | None, QueryParameter(description="Only this status")] = None,
+        alertname: Annotated[str | None, QueryParameter(description="Only this alertname")] = None,
+        namespace: Annotated[str | None, QueryParameter(description="Only this namespace")] = None,
+        severity: Annotated[str | None, QueryParameter(description="Only this severity")] = None,
+        tenant: Annotated[
+            str | None, QueryParameter(description="Only this tenant (admin; others: their own)")
+        ] = None,
+        since: Annotated[
+            datetime | None, QueryParameter(description="Created at or after (RFC 3339)")
+        ] = None,
+        until: Annotated[
+            datetime | None, QueryParameter(description="Created at or before (RFC 3339)")
+        ] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(description="next_cursor of the previous page")
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500, description="Page size")] = 50,
+    ) -> InvestigationPage:
+        principal = _principal(request)
+        store: RecordStore = state.store
+        lo, hi = _epoch(since), _epoch(until)
+        if lo is not None and hi is not None and lo > hi:
+            raise Problem(400, "Invalid request parameter", "since: later than until")
+        index: tuple[str, ...] | None
+        if not principal.is_admin:
+            if tenant not in (None, principal.tenant):
+                raise Problem(403, "Forbidden", "tenant: you may list only your own tenant")
+            index = ("tenant", principal.tenant) if principal.tenant else ("untenanted",)
+        elif tenant:
+            index = ("tenant", tenant)
+        elif alertname:
+            index = ("alertname", alertname)
+        elif namespace:
+            index = ("ns", namespace)
+        else:
+            index = None
+        position = decode_cursor(cursor) if cursor else None
+        items: list[InvestigationRecord] = []
+        budget = max(500, limit * 10)  # index entries read per page at most: pages may be short
+        exhausted = False
+        while len(items) < limit and budget > 0:
+            rows = await store.list_page(
+                index, cursor=position, since=lo, until=hi, batch=min(budget, max(limit, 50))
+            )
+            if not rows:
+                exhausted = True
+                break
+            found = {r.id: r for r in await store.get_many([m for m, _ in rows])}
+            for member, score in rows:
+                budget -= 1
+                position = (score, member)
+                record = found.get(member)
+                if (
+                    record is not None
+                    and principal.can_see(record.tenant)
+                    and _matches(record, status, alertname, namespace, severity)
+                ):
+                    items.append(record)
+                    if len(items) == limit:
+                        break
+        next_cursor = None if exhausted or position is None else encode_cursor(*position)
+        return InvestigationPage(items=items, next_cursor=next_cursor)
+
+    @post(
+        "/{investigation_id:str}/cancel",
+        status_code=202,
+        summary="Cancel an investigation",
+        guards=[requires(WRITE)],
+    )
+    async def cancel(
+        self, request: Request[Any, Any, Any], state: State, investigation_id: InvestigationId
+    ) -> InvestigationRecord:
+        record = await load_visible(state.store, _principal(request), investigation_id)
+        if not record.status.terminal:
+            await state.service.cancel(investigation_id)
+        return record
+
+    @post(
+        "/{investigation_id:str}/access-token",
+        status_code=201,
+        summary="A short-lived read-only token for the progress page of one investigation",
+        guards=[requires(READ)],
+    )
+    async def access_token(
+        self, request: Request[Any, Any, Any], state: State, investigation_id: InvestigationId
+    ) -> AccessTokenResponse:
+        principal = _principal(request)
+        record = await load_visible(state.store, principal, investigation_id)
+        auth: Authenticator = state.authenticator
+        token, expires = auth.issue_page_token(principal, record.id, record.tenant)
+        return AccessTokenResponse(
+            access_token=token,
+            expires_at=datetime.fromtimestamp(expires, UTC),
+            page_url=f"{_base_url(request)}/ui/investigations/{record.id}?access_token={token}",
+        )
+
+    @get(
+        "/{investigation_id:str}/events",
+        summary="Progress as Server-Sent Events",
+        description=(
+            "Replays the stored events after `Last-Event-ID` (the event sequence number), then"
+            " follows live ones; keep-alive comments while idle; the stream ends after the"
+            " terminal event (completed, failed, cancelled, skipped, budget_exceeded). Any"
+            " replica can resume any stream."
+        ),
+        guards=[requires(READ, page_token=True)],
+    )
+    async def events(
+        self,
+        request: Request[Any, Any, Any],
+        state: State,
+        investigation_id: InvestigationId,
+        last_event_id: Annotated[
+            str | None, HeaderParameter(name="Last-Event-ID", description="Resume after this")
+        ] = None,
+        access_token: AccessToken = None,
+    ) -> ServerSentEvent:
+        record = await load_visible(state.store, _principal(request), investigation_id)
+        start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+        keepalive = state.settings.api.sse_keepalive_seconds
+        stream = event_stream(state.store, state.sse_hub, record, start, keepalive)
+        return ServerSentEvent(stream, retry_duration=2000, headers={"X-Accel-Buffering": "no"})
+
+
+def _message(event: ProgressEvent) -> ServerSentEventMessage:
+    return ServerSentEventMessage(data=event.model_dump_json(), event=event.type, id=event.seq)
+
+
+def _long_finished(record: InvestigationRecord | None, grace: float) -> bool:
+    """Terminal long enough ago that its terminal event must be stored (it is written last)."""
+    if record is None:
+        return True
+    if not record.status.terminal:
+        return False
+    finished = record.finished_at or record.created_at
+    return finished < datetime.now(UTC) - timedelta(seconds=grace)
+
+
+async def event_stream(
+    store: RecordStore, hub: SSEHub, record: InvestigationRecord, after: int, keepalive: float
 ) -> AsyncIterator[ServerSentEventMessage]:
     metrics.SSE_CLIENTS.inc()
+    investigation_id = record.id
+    watch = None
     try:
-        events = await store.events_after(investigation_id, after)
+        if _long_finished(record, keepalive):
+            for event in await store.events_after(investigation_id, after):
+                yield _message(event)
+            return
+        watch = await hub.watch(investigation_id)
+        for event in await store.events_after(investigation_id, after):
+            yield _message(event)
+            after = event.seq
+            if event.terminal:
+                return
         while True:
-            for event in events:
-                yield ServerSentEventMessage(
-                    data=event.model_dump_json(), event=event.type, id=event.seq
-                )
-                after = event.seq
-                if event.terminal:
+            try:
+                event = await asyncio.wait_for(watch.queue.get(), keepalive)
+            except TimeoutError:
+                if _long_finished(await store.get(investigation_id), keepalive):
+                    for event in await store.events_after(investigation_id, after):
+                        yield _message(event)
                     return
-            events = await store.wait_events(investigation_id, after, int(keepalive * 1000))
-            if not events:
                 yield ServerSentEventMessage(comment="keep-alive")
-    except asyncio.CancelledError:
-        raise
+                continue
+            if event.seq <= after:
+                continue
+            yield _message(event)
+            after = event.seq
+            if event.terminal:
+                return
     finally:
+        if watch is not None:
+            hub.unwatch(watch)
         metrics.SSE_CLIENTS.dec()

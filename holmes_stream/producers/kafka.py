@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ def make_broker(settings: KafkaSettings, **kwargs: Any) -> KafkaBroker:
         acks="all",
         enable_idempotence=True,
         client_id="holmes-stream",
+        # FastStream logs every message received and processed: debug detail, not operations.
+        log_level=logging.DEBUG,
         **kwargs,
     )
 

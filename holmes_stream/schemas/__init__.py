@@ -4,6 +4,7 @@ from holmes_stream.schemas.alerts import Alert, AlertGroup
 from holmes_stream.schemas.investigations import (
     SCHEMA_VERSION,
     TERMINAL_EVENTS,
+    FailoverAttempt,
     InvestigationRecord,
     InvestigationRequest,
     InvestigationResult,
@@ -17,6 +18,7 @@ __all__ = [
     "TERMINAL_EVENTS",
     "Alert",
     "AlertGroup",
+    "FailoverAttempt",
     "InvestigationRecord",
     "InvestigationRequest",
     "InvestigationResult",

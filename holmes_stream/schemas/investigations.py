@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from holmes_stream.schemas.alerts import Alert
 
@@ -58,16 +58,38 @@ class ToolCall(BaseModel):
     output_excerpt: str = Field("", description="The first characters of the tool's output")
 
 
+class FailoverAttempt(BaseModel):
+    """A model that did not answer before the one that did."""
+
+    model: str = Field(description="Configured name of the model")
+    error: str = Field(description="Why it did not answer (or `circuit open`: skipped)")
+
+
 class InvestigationResult(BaseModel):
     analysis: str
     tool_calls: list[ToolCall] = Field(default_factory=list)
-    model: str
+    model: str = Field(description="Configured name of the model that answered")
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     cost: float = 0.0
     num_llm_calls: int = 0
     duration_seconds: float = 0.0
+    provider_model: str | None = Field(None, description="litellm model name of that model")
+    failover: list[FailoverAttempt] = Field(
+        default_factory=list, description="Models tried before, in order, and why they failed"
+    )
+    # HolmesGPT's conversation (LLMResult.messages): kept in Redis for chat follow-ups, never
+    # serialised with the result.
+    _conversation: list[dict[str, Any]] | None = PrivateAttr(None)
+
+    @property
+    def conversation(self) -> list[dict[str, Any]] | None:
+        return self._conversation
+
+    def with_conversation(self, messages: list[dict[str, Any]] | None) -> InvestigationResult:
+        self._conversation = messages
+        return self
 
 
 class InvestigationRecord(BaseModel):
@@ -109,6 +131,13 @@ EventType = Literal[
     "cancelled",
     "skipped",
     "budget_exceeded",
+    # The engine moved on to the next model of the failover list.
+    "failover",
+    # Chat follow-ups on a finished investigation: a turn starts, then HolmesGPT's events
+    # (payloads carry the turn id), then exactly one of completed/failed ends the turn.
+    "chat_started",
+    "chat_completed",
+    "chat_failed",
 ]
 
 TERMINAL_EVENTS: frozenset[str] = frozenset(

@@ -1,0 +1,287 @@
+"""Delivery guarantees on the real stack: nothing lost, no episode investigated twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from redis.asyncio import Redis
+
+from holmes_stream.devstack.service import ServiceProcess
+from holmes_stream.schemas import InvestigationRecord
+from holmes_stream.settings import Settings
+from holmes_stream.store import RecordStore
+from tests.conftest import (
+    ARTIFACTS,
+    collect,
+    count_keys,
+    fresh,
+    load_fixture,
+    make_settings,
+    settings_env,
+)
+
+
+def firing_alert(tag: str, i: int, starts_at: datetime | None = None) -> dict[str, Any]:
+    alert = fresh(load_fixture("single-alert.json"), f"{tag}-{i}", starts_at)
+    alert["labels"]["pod"] = f"payment-api-{i}"
+    return alert
+
+
+async def all_records(settings: Settings) -> list[InvestigationRecord]:
+    redis = Redis.from_url(settings.redis.url)
+    try:
+        store = RecordStore(redis, settings.redis.key_prefix)
+        ids = await store.list_ids(limit=100_000)
+        return await store.get_many([i for i, _ in ids])
+    finally:
+        await redis.aclose()
+
+
+async def wait_for_records(
+    settings: Settings, n: int, timeout: float = 300, terminal: bool = True
+) -> list[InvestigationRecord]:
+    deadline = time.monotonic() + timeout
+    while True:
+        records = await all_records(settings)
+        done = [r for r in records if r.status.terminal or not terminal]
+        if len(done) >= n or time.monotonic() > deadline:
+            return records
+        await asyncio.sleep(0.5)
+
+
+async def send(producer: AIOKafkaProducer, topic: str, payloads: list[Any]) -> None:
+    futures = [
+        await producer.send(topic, p if isinstance(p, bytes) else json.dumps(p).encode())
+        for p in payloads
+    ]
+    await asyncio.gather(*futures)
+
+
+async def test_kill_9_with_200_in_flight_loses_nothing(
+    stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory
+) -> None:
+    # A slow LLM keeps investigations in flight long enough for 200 to overlap.
+    llm = scripted_llm_factory(latency_seconds=4.0)
+    settings = make_settings(
+        stack, uid, llm.api_base, max_in_flight=256, llm_threads=256, claim_lease_seconds=5
+    )
+    worker = ServiceProcess("worker", settings_env(settings), ARTIFACTS / f"kill9-{uid}")
+    worker.start()
+    n = 250
+    await send(producer, settings.kafka.alerts_topic, [firing_alert(uid, i) for i in range(n)])
+
+    deadline = time.monotonic() + 120
+    while await count_keys(settings.redis.url, f"{settings.redis.key_prefix}lease:*") < 200:
+        assert time.monotonic() < deadline, "the worker never had 200 investigations in flight"
+        await asyncio.sleep(0.1)
+    worker.kill()
+    killed_at = time.monotonic()
+    before = await all_records(settings)
+    unfinished = sum(1 for r in before if not r.status.terminal)
+    assert unfinished >= 200
+
+    worker.start()
+    records = await wait_for_records(settings, n)
+    recovery = time.monotonic() - killed_at
+    worker.stop()
+    print(f"\nkill -9 with {unfinished} unfinished: all {n} done {recovery:.1f}s after the kill")
+
+    assert len(records) == n
+    assert {r.status for r in records} == {"completed"}, [r.status for r in records]
+    results = await collect(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.results_topic,
+        until=lambda got: len({m["id"] for m in got}) >= n,
+    )
+    assert {m["id"] for m in results} == {r.id for r in records}
+
+
+async def test_a_thousand_copies_of_one_episode_cost_one_llm_run(
+    stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory, start_worker, start_api
+) -> None:
+    llm = scripted_llm_factory()
+    settings = make_settings(stack, uid, llm.api_base)
+    runtime = await start_worker(settings)
+    api = await start_api(settings, runtime)
+    alert = firing_alert(uid, 0)
+    group = load_fixture("group-firing-crashloop.json") | {"alerts": [alert]}
+
+    rest_ids: list[str] = []
+
+    async def rest_submits(count: int) -> None:
+        async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+            for _ in range(count):
+                response = await client.post("/api/v1/investigations", json=alert)
+                assert response.status_code == 202, response.text
+                rest_ids.append(response.json()["investigations"][0]["id"])
+
+    kafka_copies = [alert] * 400 + [group] * 300
+    await asyncio.gather(
+        send(producer, settings.kafka.alerts_topic, kafka_copies),
+        *(rest_submits(30) for _ in range(10)),
+    )
+    records = await wait_for_records(settings, 1)
+    # Let every copy drain: the committed offsets reach the end of the topic.
+    await _wait_consumed(settings, 700 + 300)
+
+    assert len(records) == 1 and records[0].status == "completed"
+    assert set(rest_ids) == {records[0].id}
+    stats = llm.stats()
+    assert stats["final_turns"] == 1, stats
+    assert stats["requests"] == 2, stats
+
+
+async def _wait_consumed(settings: Settings, n: int, timeout: float = 120) -> None:
+    """Wait until the group's committed offsets cover ``n`` messages of the alerts topic."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            offsets = await admin.list_consumer_group_offsets(settings.kafka.group_id)
+            if sum(o.offset for o in offsets.values() if o.offset > 0) >= n:
+                return
+            await asyncio.sleep(0.3)
+        raise AssertionError("the worker did not commit every message")
+    finally:
+        await admin.close()
+
+
+async def test_poison_goes_to_the_dead_letter_topic_and_the_stream_goes_on(
+    settings: Settings, uid: str, producer: AIOKafkaProducer, start_worker
+) -> None:
+    await start_worker(settings)
+    good = [firing_alert(uid, i) for i in range(6)]
+    bad: list[tuple[bytes, str]] = [
+        (b'{"labels": {"alertname": "x"', "invalid_json"),
+        (json.dumps({"hello": "world"}).encode(), "invalid_schema"),
+        (b"\xff\xfe\xfa not utf-8", "undecodable"),
+        (json.dumps(good[0] | {"pad": "x" * 100_000}).encode(), "oversize"),
+    ]
+    interleaved: list[Any] = []
+    for i, alert in enumerate(good):
+        interleaved.append(alert)
+        if i < len(bad):
+            interleaved.append(bad[i][0])
+    await send(producer, settings.kafka.alerts_topic, interleaved)
+
+    letters = await collect(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.dlq_topic,
+        until=lambda got: len(got) >= len(bad),
+        decode=False,
+    )
+    by_value = {m.value: dict(m.headers) for m in letters}
+    for value, reason in bad:
+        headers = by_value[value]
+        assert headers["error-class"].decode() == reason
+        assert headers["source-topic"].decode() == settings.kafka.alerts_topic
+        assert int(headers["source-offset"]) >= 0
+        assert headers["error-message"]
+    records = await wait_for_records(settings, len(good))
+    assert sorted(r.fingerprint for r in records) == sorted(a["fingerprint"] for a in good)
+    assert {r.status for r in records} == {"completed"}
+
+
+async def test_resolved_alert_cancels_the_running_investigation(
+    stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory, start_worker
+) -> None:
+    llm = scripted_llm_factory(latency_seconds=3.0)
+    settings = make_settings(stack, uid, llm.api_base)
+    await start_worker(settings)
+    alert = firing_alert(uid, 0)
+    await send(producer, settings.kafka.alerts_topic, [alert])
+    running = await wait_for_records(settings, 1, terminal=False)
+    while running[0].status != "running":
+        running = await wait_for_records(settings, 1, terminal=False)
+    resolved = alert | {"status": "resolved", "endsAt": datetime.now(UTC).isoformat()}
+    await send(producer, settings.kafka.alerts_topic, [resolved])
+
+    [record] = await wait_for_records(settings, 1)
+    assert record.status == "cancelled", record
+    assert record.resolved_at is not None
+    assert "resolved" in (record.reason or "")
+    assert llm.stats()["final_turns"] == 0
+
+
+async def test_stale_and_orphan_resolved_alerts_are_recorded_not_investigated(
+    stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory, start_worker
+) -> None:
+    llm = scripted_llm_factory()
+    settings = make_settings(stack, uid, llm.api_base, stale_after_seconds=3600)
+    await start_worker(settings)
+    stale = firing_alert(uid, 0, datetime.now(UTC) - timedelta(days=2))
+    orphan = firing_alert(uid, 1) | {"status": "resolved", "endsAt": datetime.now(UTC).isoformat()}
+    await send(producer, settings.kafka.alerts_topic, [stale, orphan])
+
+    records = {r.fingerprint: r for r in await wait_for_records(settings, 2)}
+    assert records[stale["fingerprint"]].status == "skipped"
+    assert (records[stale["fingerprint"]].reason or "").startswith("stale")
+    assert records[orphan["fingerprint"]].status == "skipped"
+    assert records[orphan["fingerprint"]].resolved_at is not None
+    assert llm.stats()["requests"] == 0
+
+
+async def test_two_workers_share_partitions_and_a_stopped_one_hands_over(
+    stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory
+) -> None:
+    llm = scripted_llm_factory(latency_seconds=0.5)
+    settings = make_settings(
+        stack, uid, llm.api_base, max_in_flight=8, claim_lease_seconds=5, shutdown_grace_seconds=1
+    )
+    run_dir = ARTIFACTS / f"pair-{uid}"
+    first = ServiceProcess("worker", settings_env(settings), run_dir, name="first")
+    second = ServiceProcess("worker", settings_env(settings), run_dir, name="second")
+    first.start()
+    second.start()
+    n = 60
+    await send(producer, settings.kafka.alerts_topic, [firing_alert(uid, i) for i in range(n)])
+    await wait_for_records(settings, 10)
+    first.stop()  # SIGTERM: a short grace, then its partitions move to the second worker
+
+    records = await wait_for_records(settings, n)
+    second.stop()
+    assert len(records) == n
+    assert {r.status for r in records} == {"completed"}
+    # Only what the stopped worker left unfinished may have run again.
+    assert n <= llm.stats()["final_turns"] <= n + settings.worker.max_in_flight
+    first_log = first.log_file.read_text()
+    assert "worker ready" in first_log
+
+
+async def test_an_llm_failing_30_percent_ends_every_alert_completed_or_dead_lettered(
+    stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory, start_worker
+) -> None:
+    llm = scripted_llm_factory(fail_rate=0.3, fail_statuses=[500, 429], seed=7)
+    settings = make_settings(stack, uid, llm.api_base, max_attempts=3)
+    await start_worker(settings)
+    n = 30
+    await send(producer, settings.kafka.alerts_topic, [firing_alert(uid, i) for i in range(n)])
+
+    records = await wait_for_records(settings, n)
+    statuses = [r.status for r in records]
+    assert len(records) == n
+    assert set(statuses) <= {"completed", "dead_lettered"}
+    dead = [r for r in records if r.status == "dead_lettered"]
+    assert all(r.attempts == 3 for r in dead)
+    assert any(r.attempts > 1 for r in records), "30 % failures must cause retries"
+    if dead:
+        letters = await collect(
+            settings.kafka.bootstrap_servers,
+            settings.kafka.dlq_topic,
+            until=lambda got: len(got) >= len(dead),
+            decode=False,
+        )
+        assert len(letters) == len(dead)
+        assert {dict(m.headers)["error-class"] for m in letters} == {b"retries_exhausted"}
+    print(
+        f"\n30 % LLM failures: {statuses.count('completed')} completed, {len(dead)} dead-lettered"
+    )
