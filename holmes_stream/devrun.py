@@ -51,7 +51,11 @@ def sample_alerts(run_id: str) -> list[dict[str, Any]]:
     """The shipped Alertmanager samples, made fresh: firing now, fingerprints unique to the run."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     payloads = []
-    for name in ("group-firing-crashloop.json", "group-firing-targetdown.json", "single-alert.json"):
+    for name in (
+        "group-firing-crashloop.json",
+        "group-firing-targetdown.json",
+        "single-alert.json",
+    ):
         payload = json.loads(resources.files("holmes_stream.fixtures").joinpath(name).read_text())
         alerts = payload["alerts"] if "alerts" in payload else [payload]
         for alert in alerts:
@@ -127,9 +131,12 @@ def demo(settings: Settings, keep: bool = False) -> int:
         if not keep:
             down(settings)
     done = sum(1 for r in results if r["status"] == "completed")
-    print(f"\n{done} of {len(results)} investigations completed in {time.monotonic() - started:.1f}s")
+    print(
+        f"\n{done} of {len(results)} investigations completed in {time.monotonic() - started:.1f}s"
+    )
     if keep:
-        print(f"the stack keeps running: try {endpoints['api_url']}/docs; stop it with"
-              " `holmes-stream dev down`")
+        print(
+            f"the stack keeps running: try {endpoints['api_url']}/docs; stop it with"
+            " `holmes-stream dev down`"
+        )
     return 0 if results and done == len(results) else 1
-

@@ -7,6 +7,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from holmes_stream.redaction import RedactingFilter
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -30,9 +32,19 @@ def configure(level: str = "INFO", as_json: bool = True) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    # Secrets never reach the logs: the filter sits on the handler, so it sees every record.
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Chatty libraries log every request or step at INFO.
-    for noisy in ("aiokafka", "httpx", "LiteLLM", "litellm", "faststream", "holmes", "uvicorn.access"):
+    for noisy in (
+        "aiokafka",
+        "httpx",
+        "LiteLLM",
+        "litellm",
+        "faststream",
+        "holmes",
+        "uvicorn.access",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

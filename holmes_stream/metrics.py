@@ -30,11 +30,11 @@ LLM_CALLS = Counter(
     "holmes_stream_llm_calls_total", "LLM calls by model and outcome", ["model", "outcome"]
 )
 LLM_ERRORS = Counter(
-    "holmes_stream_llm_errors_total", "Failed investigation attempts caused by the LLM", ["model", "kind"]
+    "holmes_stream_llm_errors_total",
+    "Failed investigation attempts caused by the LLM",
+    ["model", "kind"],
 )
-LLM_TOKENS = Counter(
-    "holmes_stream_llm_tokens_total", "Tokens used", ["model", "tenant", "kind"]
-)
+LLM_TOKENS = Counter("holmes_stream_llm_tokens_total", "Tokens used", ["model", "tenant", "kind"])
 LLM_COST = Counter(
     "holmes_stream_llm_cost_dollars_total", "LLM cost in US dollars", ["model", "tenant"]
 )

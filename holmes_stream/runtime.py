@@ -12,10 +12,13 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from redis.asyncio import Redis
 
+from holmes_stream.budgets import Budgets, SyncBudgetGuard
 from holmes_stream.consumers.alerts import Dispatcher, register_alert_subscriber
 from holmes_stream.consumers.health_server import serve_health
+from holmes_stream.enrichment import Enricher
 from holmes_stream.producers.kafka import KafkaProducers, make_broker
-from holmes_stream.service import InvestigationService
+from holmes_stream.redaction import Redactor
+from holmes_stream.service import Extras, InvestigationService
 from holmes_stream.settings import Settings
 from holmes_stream.store import RecordStore
 
@@ -24,11 +27,27 @@ log = logging.getLogger(__name__)
 
 def build_engine(settings: Settings) -> Any:
     """HolmesGPT is imported here, once per process, and only by processes that investigate."""
-    from holmes_stream.engine.holmes_engine import HolmesEngine
-    from holmes_stream.engine.toolsets import history_toolset
+    from holmes_stream.engine.holmes_engine import build_engine as build_holmes_engine
 
-    toolsets = [history_toolset(settings.redis.url, settings.redis.key_prefix)]
-    return HolmesEngine(settings.llm, extra_toolsets=toolsets)
+    return build_holmes_engine(settings)
+
+
+def build_extras(settings: Settings, redis: Redis, worker: bool) -> Extras:
+    """Redaction, and for workers enrichment and budgets, each only when configured."""
+    extras = Extras()
+    if settings.redaction.enabled:
+        extras.redactor = Redactor.from_settings(settings.redaction)
+    if not worker:
+        return extras
+    enrichment = settings.enrichment
+    if enrichment.enabled and (enrichment.context_api.url or enrichment.prometheus.url):
+        extras.enricher = Enricher.from_settings(settings, redis)
+    budgets = settings.budgets
+    if budgets.tokens_per_window or budgets.cost_per_window or budgets.tenants:
+        prefix = settings.redis.key_prefix
+        extras.budgets = Budgets(redis, prefix, budgets)
+        extras.budget_guard = SyncBudgetGuard(settings.redis.url, prefix, budgets)
+    return extras
 
 
 @dataclass
@@ -59,7 +78,8 @@ class Runtime:
         if worker:
             engine = engine if engine is not None else build_engine(settings)
             executor = ThreadPoolExecutor(settings.worker.llm_threads, thread_name_prefix="holmes")
-        service = InvestigationService(store, producers, settings.worker, engine, executor)
+        extras = build_extras(settings, redis, worker)
+        service = InvestigationService(store, producers, settings.worker, engine, executor, extras)
         runtime = cls(settings, redis, store, broker, producers, service, executor=executor)
         if worker:
             runtime.dispatcher = Dispatcher(service, settings)
@@ -104,4 +124,6 @@ class Runtime:
             await self.broker.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.service.extras.enricher is not None:
+            await self.service.extras.enricher.aclose()
         await self.redis.aclose()

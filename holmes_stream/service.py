@@ -24,16 +24,26 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from holmes_stream import metrics
+from holmes_stream.budgets import BudgetExceeded, Budgets, SyncBudgetGuard
 from holmes_stream.engine.base import (
     Engine,
     EngineCancelled,
     EngineRequest,
     PermanentEngineError,
+    StepGate,
     TransientEngineError,
 )
+from holmes_stream.enrichment import Enricher
 from holmes_stream.intake import AlertWork
 from holmes_stream.producers.kafka import DeadLetter, KafkaProducers
-from holmes_stream.schemas import InvestigationRecord, InvestigationResult, ProgressEvent, Status
+from holmes_stream.redaction import Redactor
+from holmes_stream.schemas import (
+    Alert,
+    InvestigationRecord,
+    InvestigationResult,
+    ProgressEvent,
+    Status,
+)
 from holmes_stream.schemas.investigations import utcnow
 from holmes_stream.settings import WorkerSettings
 from holmes_stream.store import RecordStore
@@ -91,6 +101,16 @@ class Source:
         return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
 
 
+@dataclass
+class Extras:
+    """Optional collaborators of an investigation: each one off when absent."""
+
+    enricher: Enricher | None = None
+    budgets: Budgets | None = None
+    budget_guard: SyncBudgetGuard | None = None
+    redactor: Redactor | None = None
+
+
 @dataclass(frozen=True)
 class Submission:
     id: str
@@ -128,6 +148,40 @@ class EventPump:
         await self._task
 
 
+class BudgetMeter:
+    """Charges each LLM call to the tenant's budget on the agent loop's thread, between steps.
+
+    HolmesGPT reports cumulative usage in every ``token_count`` event; when the budget runs out
+    the gate says no, so the loop stops before its next LLM call, and the attempt is cancelled.
+    """
+
+    def __init__(
+        self, guard: SyncBudgetGuard | None, tenant: str | None, cancel: threading.Event
+    ) -> None:
+        self.guard, self.tenant, self.cancel = guard, tenant, cancel
+        self.tokens = 0
+        self.cost = 0.0
+        self.exceeded: str | None = None
+
+    def gate(self, event: str, data: dict[str, Any]) -> bool:
+        if self.guard is None or event != "token_count":
+            return True
+        costs = (data.get("metadata") or {}).get("costs") or {}
+        tokens = int(costs.get("total_tokens") or 0)
+        cost = float(costs.get("total_cost") or 0.0)
+        try:
+            state = self.guard.charge(self.tenant, tokens - self.tokens, cost - self.cost)
+        except TRANSIENT_IO as exc:  # budgets fail open: Redis away must not stop the work
+            log.warning("budget charge failed: %s", exc)
+            return True
+        self.tokens, self.cost = tokens, cost
+        if state.exceeded:
+            self.exceeded = state.reason or "budget exceeded"
+            self.cancel.set()
+            return False
+        return True
+
+
 class InvestigationService:
     def __init__(
         self,
@@ -136,12 +190,14 @@ class InvestigationService:
         settings: WorkerSettings,
         engine: Engine | None = None,
         executor: ThreadPoolExecutor | None = None,
+        extras: Extras | None = None,
     ) -> None:
         self.store = store
         self.producers = producers
         self.settings = settings
         self.engine = engine
         self.executor = executor
+        self.extras = extras or Extras()
         self.worker_id = uuid.uuid4().hex[:12]
         self.stopping = False
         self._running: dict[str, threading.Event] = {}
@@ -187,10 +243,17 @@ class InvestigationService:
             fingerprint=work.alert.identity(),
             tenant=work.tenant,
             status=Status.QUEUED,
-            alert=work.alert,
+            alert=self._redacted(work.alert),
             question=work.question,
             source=source.describe(),
         )
+
+    def _redacted(self, alert: Alert) -> Alert:
+        """The alert as it may be stored and shown to the LLM: secrets in it replaced."""
+        redactor = self.extras.redactor
+        if redactor is None:
+            return alert
+        return Alert.model_validate(redactor.redact_obj(alert.model_dump(mode="json")))
 
     def _staleness(self, work: AlertWork, source: Source) -> str | None:
         window = timedelta(seconds=self.settings.stale_after_seconds)
@@ -261,6 +324,14 @@ class InvestigationService:
     ) -> Outcome:
         if self.engine is None:
             raise RuntimeError("this process has no investigation engine (API only)")
+        budgets = self.extras.budgets
+        if budgets is not None:
+            try:
+                await budgets.check(work.tenant)
+            except BudgetExceeded as exc:
+                metrics.BUDGET_EXCEEDED.labels(work.tenant or "default").inc()
+                return await self._finish(record, Status.BUDGET_EXCEEDED, reason=str(exc))
+        context = await self._enrich(record, work)
         cancel = threading.Event()
         self._running[record.id] = cancel
         try:
@@ -272,11 +343,13 @@ class InvestigationService:
                 record.attempts += 1
                 await self.store.put(record)
                 await self.emit(record, "started", {"attempt": record.attempts})
-                outcome = await self._attempt(record, work, cancel)
+                outcome = await self._attempt(record, work, cancel, context)
                 if outcome is not None:
                     return outcome
                 delay = backoff(
-                    record.attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds
+                    record.attempts,
+                    self.settings.retry_base_seconds,
+                    self.settings.retry_max_seconds,
                 )
                 await asyncio.sleep(delay)
                 if record.attempts >= self.settings.max_attempts:
@@ -284,19 +357,52 @@ class InvestigationService:
         finally:
             self._running.pop(record.id, None)
 
-    async def _attempt(
-        self, record: InvestigationRecord, work: AlertWork, cancel: threading.Event
-    ) -> Outcome | None:
-        """Run the agent loop once. ``None`` means: a transient failure, try again."""
-        assert self.engine is not None
-        request = EngineRequest(
+    async def _enrich(self, record: InvestigationRecord, work: AlertWork) -> dict[str, Any]:
+        """Context for the prompt; every source optional, failures recorded and never fatal."""
+        enricher = self.extras.enricher
+        if enricher is None:
+            return {}
+        enrichment = await enricher.enrich(work.alert)
+        record.enrichment = dict(enrichment.sources)
+        await self.emit(
+            record,
+            "enrichment",
+            {"sources": enrichment.sources, "elapsed_seconds": enrichment.elapsed_seconds},
+        )
+        return enrichment.context
+
+    def _engine_request(
+        self,
+        record: InvestigationRecord,
+        work: AlertWork,
+        context: dict[str, Any],
+        gate: StepGate | None = None,
+    ) -> EngineRequest:
+        question = work.question
+        if self.extras.redactor is not None and question:
+            question = self.extras.redactor.redact_text(question)
+        return EngineRequest(
             investigation_id=record.id,
-            alert=work.alert,
-            question=work.question,
+            alert=self._redacted(work.alert),
+            question=question,
             model=work.model,
             toolsets=work.toolsets,
             tenant=work.tenant,
+            context=context,
+            step_gate=gate,
         )
+
+    async def _attempt(
+        self,
+        record: InvestigationRecord,
+        work: AlertWork,
+        cancel: threading.Event,
+        context: dict[str, Any],
+    ) -> Outcome | None:
+        """Run the agent loop once. ``None`` means: a transient failure, try again."""
+        assert self.engine is not None
+        meter = BudgetMeter(self.extras.budget_guard, work.tenant, cancel)
+        request = self._engine_request(record, work, context, meter.gate)
         pump = EventPump(self, record)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
@@ -313,6 +419,9 @@ class InvestigationService:
             return None
         except EngineCancelled:
             await pump.close()
+            if meter.exceeded is not None:
+                metrics.BUDGET_EXCEEDED.labels(work.tenant or "default").inc()
+                return await self._finish(record, Status.BUDGET_EXCEEDED, reason=meter.exceeded)
             reason = await self._stop_reason(record.id)
             if reason is None and self.stopping:
                 # Interrupted by our own shutdown, not by a user: leave it for redelivery.
@@ -326,6 +435,13 @@ class InvestigationService:
             metrics.INVESTIGATION_DURATION.labels("attempt").observe(time.perf_counter() - started)
         await pump.close()
         self._account(result, work.tenant)
+        if self.extras.redactor is not None:
+            conversation = result.conversation
+            result = InvestigationResult.model_validate(
+                self.extras.redactor.redact_obj(result.model_dump(mode="json"))
+            ).with_conversation(
+                self.extras.redactor.redact_obj(conversation) if conversation else None
+            )
         return await self._finish(record, Status.COMPLETED, result=result)
 
     def _account(self, result: InvestigationResult, tenant: str | None) -> None:
@@ -381,6 +497,9 @@ class InvestigationService:
             record.error = error
         record.result = result
         record.resolved_at = await self._durably(lambda: self.store.resolved_at(record.id))
+        conversation = result.conversation if result is not None else None
+        if conversation:  # before the terminal event: a chat follow-up may come right after it
+            await self._durably(lambda: self.store.put_conversation(record.id, conversation))
         await self._durably(lambda: self._publish_outcome(record))
         outcome = _STATUS_OUTCOME[status]
         metrics.ALERTS_PROCESSED.labels(outcome).inc()
@@ -401,6 +520,8 @@ class InvestigationService:
         await self.emit(record, event_type, payload)
 
     async def emit(self, record: InvestigationRecord, type_: str, payload: dict[str, Any]) -> None:
+        if self.extras.redactor is not None:
+            payload = self.extras.redactor.redact_obj(payload)
         event: ProgressEvent = await self.store.append_event(record.id, type_, payload)
         await self.producers.publish_progress(event, record.fingerprint)
 

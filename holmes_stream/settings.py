@@ -19,7 +19,9 @@ class KafkaSettings(BaseModel):
     alerts_topic: str = Field("alerts", description="Topic the alerts arrive on")
     results_topic: str = Field("investigation.results", description="Finished investigations")
     progress_topic: str = Field("investigation.progress", description="Progress events")
-    dlq_topic: str = Field("alerts.dlq", description="Dead letters: messages that cannot be processed")
+    dlq_topic: str = Field(
+        "alerts.dlq", description="Dead letters: messages that cannot be processed"
+    )
     group_id: str = Field("holmes-stream", description="Consumer group of the workers")
     max_message_bytes: int = Field(1_000_000, description="Larger alert messages are dead-lettered")
     max_poll_interval_ms: int = Field(
@@ -40,18 +42,24 @@ class ModelEntry(BaseModel):
 
     name: str = Field(description="What requests, results and /api/v1/models call this model")
     model: str = Field(description="litellm model name, e.g. openai/gpt-4o, anthropic/claude-...")
-    api_base: str | None = Field(None, description="Base URL (None: the provider's default)")
-    api_version: str | None = Field(None, description="API version (Azure)")
+    api_base: str | None = Field(
+        default=None, description="Base URL (None: the provider's default)"
+    )
+    api_version: str | None = Field(default=None, description="API version (Azure)")
     api_key: SecretStr | None = Field(
-        None, description="The key itself (prefer api_key_env or api_key_file)"
+        default=None, description="The key itself (prefer api_key_env or api_key_file)"
     )
-    api_key_env: str | None = Field(None, description="Environment variable holding the key")
+    api_key_env: str | None = Field(
+        default=None, description="Environment variable holding the key"
+    )
     api_key_file: Path | None = Field(
-        None, description="File holding the key (read per investigation: rotation-friendly)"
+        default=None, description="File holding the key (read per investigation: rotation-friendly)"
     )
-    temperature: float | None = Field(None, description="None: LLMSettings.temperature")
-    input_cost_per_token: float | None = Field(None, description="USD per prompt token")
-    output_cost_per_token: float | None = Field(None, description="USD per completion token")
+    temperature: float | None = Field(default=None, description="None: LLMSettings.temperature")
+    input_cost_per_token: float | None = Field(default=None, description="USD per prompt token")
+    output_cost_per_token: float | None = Field(
+        default=None, description="USD per completion token"
+    )
     args: dict[str, Any] = Field(
         default_factory=dict,
         description="More litellm completion arguments, e.g. max_tokens, extra_headers",
@@ -69,14 +77,21 @@ class ModelEntry(BaseModel):
 
 
 class LLMSettings(BaseModel):
-    model: str = Field("openai/scripted", description="litellm model name, e.g. openai/gpt-4o")
-    api_base: str | None = Field(
-        "http://127.0.0.1:18080/v1", description="OpenAI-compatible base URL (None: provider default)"
+    model: str = Field(
+        default="openai/scripted", description="litellm model name, e.g. openai/gpt-4o"
     )
-    api_key: SecretStr = Field(SecretStr("dummy"), description="API key of the model provider")
+    api_base: str | None = Field(
+        default="http://127.0.0.1:18080/v1",
+        description="OpenAI-compatible base URL (None: provider default)",
+    )
+    api_key: SecretStr = Field(
+        default=SecretStr("dummy"), description="API key of the model provider"
+    )
     temperature: float = Field(0.0)
-    max_steps: int = Field(10, description="Maximum agent steps (LLM calls) per investigation")
-    timeout_seconds: float = Field(300.0, description="Time limit of one investigation")
+    max_steps: int = Field(
+        default=10, description="Maximum agent steps (LLM calls) per investigation"
+    )
+    timeout_seconds: float = Field(default=300.0, description="Time limit of one investigation")
     # The model list: primary first, then fallbacks in order. Empty: the single model above.
     models: list[ModelEntry] = Field(
         default_factory=list,
@@ -94,10 +109,10 @@ class LLMSettings(BaseModel):
         description="`module:attribute` naming a Toolset, a list of them or a factory of either",
     )
     breaker_failures: int = Field(
-        3, description="Consecutive transient failures that open a model's circuit"
+        default=3, description="Consecutive transient failures that open a model's circuit"
     )
     breaker_cooldown_seconds: float = Field(
-        60.0, description="How long an open circuit skips its model before one trial call"
+        default=60.0, description="How long an open circuit skips its model before one trial call"
     )
 
     def model_entries(self) -> list[ModelEntry]:
@@ -122,7 +137,8 @@ class WorkerSettings(BaseModel):
         30, description="A worker's claim on an episode expires this long after its last renewal"
     )
     stale_after_seconds: int = Field(
-        24 * 3600, description="Alerts older than this (startsAt or Kafka time) are skipped as stale"
+        24 * 3600,
+        description="Alerts older than this (startsAt or Kafka time) are skipped as stale",
     )
     cancel_on_resolve: bool = Field(
         True, description="Cancel a running investigation when its alert resolves"
@@ -135,7 +151,9 @@ class WorkerSettings(BaseModel):
     )
     processes: int = Field(1, description="Worker processes in one consumer group (worker mode)")
     health_host: str = Field("127.0.0.1", description="Where a worker serves /health and /metrics")
-    health_port: int = Field(18001, description="Port of the worker's /health and /metrics (0: off)")
+    health_port: int = Field(
+        18001, description="Port of the worker's /health and /metrics (0: off)"
+    )
 
 
 class ApiSettings(BaseModel):

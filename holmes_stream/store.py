@@ -8,10 +8,13 @@ Keys (prefix ``p``, default ``hs:``):
 - ``{p}idx:{all|fp|alertname|ns|tenant|untenanted}[:{value}]``  sorted sets of ids scored by
   creation time
 - ``{p}cancel``              pub/sub channel of ids whose investigation must stop
+- ``{p}conv:{id}``           HolmesGPT's conversation of a completed investigation (JSON list),
+  continued by chat follow-ups
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -48,7 +51,11 @@ return 0
 
 class RecordStore:
     def __init__(
-        self, redis: Redis, prefix: str = "hs:", ttl_seconds: int = 7 * 86400, events_max_len: int = 2000
+        self,
+        redis: Redis,
+        prefix: str = "hs:",
+        ttl_seconds: int = 7 * 86400,
+        events_max_len: int = 2000,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
@@ -123,7 +130,9 @@ class RecordStore:
         key = self._k("idx", *index) if index else self._k("idx", "all")
         high: str | float = f"({before}" if before is not None else "+inf"
         low: str | float = after if after is not None else "-inf"
-        rows = await self.redis.zrevrangebyscore(key, high, low, start=0, num=limit, withscores=True)
+        rows = await self.redis.zrevrangebyscore(
+            key, high, low, start=0, num=limit, withscores=True
+        )
         return [(i.decode() if isinstance(i, bytes) else i, s) for i, s in rows]
 
     async def list_page(
@@ -236,6 +245,19 @@ class RecordStore:
         finally:
             await pubsub.aclose()
 
+    # -- chat follow-ups --------------------------------------------------------------------
+    async def put_conversation(self, investigation_id: str, messages: list[dict[str, Any]]) -> None:
+        """HolmesGPT's conversation of a finished investigation (no system prompt), for chat."""
+        await self.redis.set(
+            self._k("conv", investigation_id), json.dumps(messages, default=str), ex=self.ttl
+        )
+
+    async def get_conversation(self, investigation_id: str) -> list[dict[str, Any]] | None:
+        raw = await self.redis.get(self._k("conv", investigation_id))
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return value if isinstance(value, list) else None
+
     async def ping(self) -> bool:
         return bool(await self.redis.ping())
-

@@ -24,9 +24,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from holmes_stream.devstack.scripted_llm import ScriptedLLM  # noqa: E402
-from holmes_stream.devstack.stack import LocalStack  # noqa: E402
-from holmes_stream.settings import (  # noqa: E402
+from holmes_stream.devstack.scripted_llm import ScriptedLLM
+from holmes_stream.devstack.stack import LocalStack
+from holmes_stream.settings import (
     ApiSettings,
     AuthSettings,
     KafkaSettings,

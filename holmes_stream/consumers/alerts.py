@@ -19,6 +19,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
 from holmes_stream import metrics
+from holmes_stream.chat import ChatService, decode_chat
 from holmes_stream.consumers.offsets import OffsetTracker
 from holmes_stream.intake import RejectedMessage, decode_message
 from holmes_stream.producers.kafka import DeadLetter
@@ -34,6 +35,7 @@ class Dispatcher:
     def __init__(self, service: InvestigationService, settings: Settings) -> None:
         self.service = service
         self.settings = settings
+        self.chat = ChatService(service, settings.llm.timeout_seconds)
         self.tracker = OffsetTracker()
         self.consumer: AIOKafkaConsumer | None = None
         self._slots = asyncio.Semaphore(settings.worker.max_in_flight)
@@ -78,6 +80,10 @@ class Dispatcher:
         attempt = 0
         while True:
             try:
+                chat = decode_chat(record.value)
+                if chat is not None:  # a follow-up question on a finished investigation
+                    await self.chat.handle(chat, source)
+                    return
                 works = decode_message(record.value, self.settings.kafka.max_message_bytes)
                 await asyncio.gather(*(self.service.handle(w, source) for w in works))
                 return
@@ -152,7 +158,9 @@ class Dispatcher:
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=grace_seconds)
             if pending:
-                log.warning("%d investigations unfinished at shutdown: redelivered later", len(pending))
+                log.warning(
+                    "%d investigations unfinished at shutdown: redelivered later", len(pending)
+                )
                 self.service.cancel_all_running()
                 for task in pending:
                     task.cancel()

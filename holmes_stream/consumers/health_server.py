@@ -22,9 +22,7 @@ def _response(status: str, body: bytes, content_type: str) -> bytes:
     return head.encode() + body
 
 
-async def serve_health(
-    host: str, port: int, healthy: Callable[[], bool]
-) -> asyncio.AbstractServer:
+async def serve_health(host: str, port: int, healthy: Callable[[], bool]) -> asyncio.AbstractServer:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), timeout=5)

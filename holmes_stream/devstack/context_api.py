@@ -409,7 +409,7 @@ class ContextApiServer:
                 self._answers,
                 timeout=timeout,
                 what=f"context API on {self.base_url}",
-                alive=self.running,
+                alive=lambda: proc.poll() is None,
                 log_file=self.log_file,
                 interval=0.05,
             )

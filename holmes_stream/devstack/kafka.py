@@ -368,7 +368,7 @@ class KafkaBroker:
                 self._ready,
                 timeout=timeout,
                 what=f"Kafka broker on {self.bootstrap_servers}",
-                alive=self.running,
+                alive=lambda: self._proc is not None and self._proc.poll() is None,
                 log_file=self.data_dir / "server.log",
                 interval=0.25,
             )

@@ -114,7 +114,7 @@ class RedisServer:
                 lambda: redis_ping(self.host, self.port),
                 timeout=timeout,
                 what=f"Redis on {self.host}:{self.port}",
-                alive=self.running,
+                alive=lambda: self._proc is not None and self._proc.poll() is None,
                 log_file=self.log_file,
                 interval=0.05,
             )

@@ -515,7 +515,7 @@ class ScriptedLLM:
                 self._healthy,
                 timeout=timeout,
                 what=f"scripted LLM on {self.base_url}",
-                alive=self.running,
+                alive=lambda: proc.poll() is None,
                 log_file=self.log_file,
                 interval=0.05,
             )

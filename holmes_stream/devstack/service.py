@@ -69,7 +69,7 @@ class ServiceProcess:
             lambda: self._ready(offset),
             timeout=timeout,
             what=f"holmes-stream {self.name}",
-            alive=self.running,
+            alive=lambda: self._proc is not None and self._proc.poll() is None,
             log_file=self.log_file,
             interval=0.2,
         )

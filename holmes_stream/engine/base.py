@@ -11,6 +11,9 @@ from holmes_stream.schemas import Alert, InvestigationResult
 
 # Called from the engine's thread with (event type, payload) for every agent step.
 EventSink = Callable[[str, dict[str, Any]], None]
+# Called on the agent loop's own thread with HolmesGPT's raw (event, data); False stops the
+# loop before its next step (budgets use it: no LLM call after the money ran out).
+StepGate = Callable[[str, dict[str, Any]], bool]
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class EngineRequest:
     toolsets: list[str] | None = None
     tenant: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
+    step_gate: StepGate | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class ChatEngineRequest:
     history: list[dict[str, Any]]
     model: str | None = None
     tenant: str | None = None
+    step_gate: StepGate | None = field(default=None, compare=False)
 
 
 class EngineError(Exception):

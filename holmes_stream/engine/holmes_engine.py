@@ -15,19 +15,23 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, cast
 
 from holmes_stream.engine.base import (
+    ChatEngineRequest,
     EngineCancelled,
     EngineError,
     EngineRequest,
     EventSink,
     PermanentEngineError,
+    StepGate,
     TransientEngineError,
 )
-from holmes_stream.schemas import Alert, InvestigationResult, ToolCall
-from holmes_stream.settings import LLMSettings
+from holmes_stream.engine.breaker import Breaker, LocalBreaker, RedisBreaker
+from holmes_stream.engine.catalog import model_catalog, redis_catalog_sink
+from holmes_stream.schemas import Alert, FailoverAttempt, InvestigationResult, ToolCall
+from holmes_stream.settings import LLMSettings, ModelEntry, Settings
 
 if TYPE_CHECKING:
     from holmes.config import Config
@@ -122,7 +126,12 @@ def _truncate(text: str, limit: int) -> str:
 
 
 class HolmesEngine:
-    """Runs investigations with HolmesGPT 0.45. Safe to share between threads."""
+    """Runs investigations and chat follow-ups with HolmesGPT 0.45. Safe to share between threads.
+
+    One ``Config`` and one tool executor serve every model of the failover list: each model is
+    only a ``DefaultLLM`` (litellm arguments), built per investigation like HolmesGPT's server
+    does, so N models cost N small objects, not N executors.
+    """
 
     def __init__(
         self,
@@ -131,11 +140,21 @@ class HolmesEngine:
         toolsets_config: dict[str, dict[str, Any]] | None = None,
         *,
         fast: bool = True,
+        breaker: Breaker | None = None,
+        catalog_sink: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._settings = settings
+        self._models = settings.model_entries()
+        names = [m.name for m in self._models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique: {names}")
         self._extra_toolsets = list(extra_toolsets or [])
         self._toolsets_config = toolsets_config
         self.fast = fast
+        self._breaker: Breaker = breaker or LocalBreaker(
+            settings.breaker_failures, settings.breaker_cooldown_seconds
+        )
+        self._catalog_sink = catalog_sink
         self._lock = threading.Lock()
         self._config: Config | None = None
         self._executors: dict[frozenset[str], ToolExecutor] = {}
@@ -143,43 +162,152 @@ class HolmesEngine:
 
     @property
     def model_name(self) -> str:
-        return self._settings.model
+        """The primary model's configured name."""
+        return self._models[0].name
+
+    @property
+    def models(self) -> list[ModelEntry]:
+        return list(self._models)
+
+    @property
+    def breaker(self) -> Breaker:
+        return self._breaker
 
     def warm(self) -> None:
-        """Import HolmesGPT, build the config, toolsets and LLM once, ahead of the first alert."""
+        """Import HolmesGPT, build the config, toolsets and LLMs once, ahead of the first alert."""
         config = self._get_config()
         ai = self._create_ai(config)
         if self.fast:
             from holmes_stream.engine import fastpath
 
             fastpath.warm(ai, config)
+        if self._catalog_sink is not None:
+            try:
+                self._catalog_sink(self.catalog())
+            except Exception as exc:  # the catalog is informative; never block the worker
+                log.warning("could not publish the engine catalog: %s", exc)
 
-    # -- investigation ------------------------------------------------------------------------
+    def catalog(self) -> dict[str, Any]:
+        """Toolsets as HolmesGPT loaded them (no configuration values: they may hold secrets)."""
+        executor = self._base_executor(self._get_config())
+        return {
+            "toolsets": toolset_catalog(executor.toolsets),
+            "models": model_catalog(self._models),
+        }
+
+    # -- investigation and chat ---------------------------------------------------------------
 
     def investigate(
         self, request: EngineRequest, emit: EventSink, cancel: threading.Event
     ) -> InvestigationResult:
+        ask = build_ask(request)
+        return self._run_models(
+            request.model, request.toolsets, ask, None, emit, cancel, request.step_gate
+        )
+
+    def chat(
+        self, request: ChatEngineRequest, emit: EventSink, cancel: threading.Event
+    ) -> InvestigationResult:
+        """Continue a finished investigation's conversation with a follow-up question."""
+        return self._run_models(
+            request.model, None, request.question, request.history, emit, cancel, request.step_gate
+        )
+
+    def _run_models(
+        self,
+        model: str | None,
+        toolsets: list[str] | None,
+        ask: str,
+        history: list[dict[str, Any]] | None,
+        emit: EventSink,
+        cancel: threading.Event,
+        gate: StepGate | None = None,
+    ) -> InvestigationResult:
+        """Try the candidate models in order until one answers (failover within one attempt)."""
         started = time.monotonic()
         if cancel.is_set():
             raise EngineCancelled("cancelled before start")
-        if request.model and request.model != self._settings.model:
-            raise PermanentEngineError(f"model {request.model!r} is not configured")
+        candidates = self.candidates(model)
         try:
             config = self._get_config()
-            ai = self._create_ai(config, request.toolsets)
-            messages = self._build_messages(ai, config, build_ask(request))
+            executor = self._executor(config, toolsets)
         except EngineError:
             raise
         except Exception as exc:
             raise classify_exception(exc) from exc
-
-        collector = _ResultCollector()
+        # With one model there is nothing to fail over to: the service's retries with backoff
+        # are the only protection, and a breaker would only turn them into instant failures.
+        guarded = len(self._models) > 1
         deadline = started + self._settings.timeout_seconds
-        for event, data in self._run(ai, messages, cancel, deadline):
+        failures: list[FailoverAttempt] = []
+        for entry in candidates:
+            if guarded and not self._breaker.allow(entry.name):
+                failures.append(FailoverAttempt(model=entry.name, error="circuit open: skipped"))
+                emit("failover", {"model": entry.name, "error": "circuit open: skipped"})
+                continue
+            try:
+                result = self._run_model(
+                    entry, config, executor, ask, history, emit, cancel, deadline, gate
+                )
+            except InvestigationTimeout as exc:
+                # The whole attempt's time is spent: no time left for another model.
+                if guarded:
+                    self._breaker.failure(entry.name, str(exc))
+                raise
+            except TransientEngineError as exc:
+                error = _short_error(exc)
+                log.warning("model %s failed, failing over: %s", entry.name, error)
+                if guarded:
+                    self._breaker.failure(entry.name, error)
+                failures.append(FailoverAttempt(model=entry.name, error=error))
+                emit("failover", {"model": entry.name, "error": error})
+                continue
+            if guarded:
+                self._breaker.success(entry.name)
+            result.failover = failures
+            result.duration_seconds = round(time.monotonic() - started, 3)
+            return result
+        summary = "; ".join(f"{f.model}: {f.error}" for f in failures)
+        raise TransientEngineError(f"no model answered ({summary})")
+
+    def candidates(self, requested: str | None) -> list[ModelEntry]:
+        """The failover list, or the one model a request chose (by name or litellm model)."""
+        if not requested:
+            return list(self._models)
+        for entry in self._models:
+            if entry.name == requested:
+                return [entry]
+        matches = [e for e in self._models if e.model == requested]
+        if len(matches) == 1:
+            return matches
+        allowed = ", ".join(e.name for e in self._models)
+        raise PermanentEngineError(f"model {requested!r} is not configured (allowed: {allowed})")
+
+    def _run_model(
+        self,
+        entry: ModelEntry,
+        config: Config,
+        executor: ToolExecutor,
+        ask: str,
+        history: list[dict[str, Any]] | None,
+        emit: EventSink,
+        cancel: threading.Event,
+        deadline: float,
+        gate: StepGate | None = None,
+    ) -> InvestigationResult:
+        try:
+            ai = self._toolcalling_llm(config, entry, executor)
+            messages = self._build_messages(ai, config, ask, history)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise classify_exception(exc) from exc
+        collector = _ResultCollector()
+        for event, data in self._run(ai, messages, cancel, deadline, gate):
             collector.add(event, data)
             if event in FORWARDED_EVENTS:
                 emit(event, event_payload(event, data))
-        return collector.result(self._settings.model, time.monotonic() - started)
+        return collector.result(entry)
 
     def _run(
         self,
@@ -187,12 +315,16 @@ class HolmesEngine:
         messages: list[dict[str, Any]],
         cancel: threading.Event,
         deadline: float,
+        gate: StepGate | None = None,
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         """Yield (event, data) from HolmesGPT's loop; raise an EngineError when it fails."""
         stop = threading.Event()
         events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         runner = threading.Thread(
-            target=_drain, args=(ai, messages, stop, events), name="holmes-loop", daemon=True
+            target=_drain,
+            args=(ai, messages, stop, events, gate),
+            name="holmes-loop",
+            daemon=True,
         )
         runner.start()
         try:
@@ -247,35 +379,54 @@ class HolmesEngine:
         toolsets: dict[str, dict[str, Any]] = {
             name: {"enabled": False} for name in DISABLED_TOOLSETS
         }
+        toolsets.update(self._settings.toolsets)
         toolsets.update(self._toolsets_config or {})
+        additional = self._extra_toolsets + load_python_toolsets(self._settings.python_toolsets)
+        primary = self._models[0]
+        # The Config's own model is never used to call an LLM (each model entry gets its own
+        # DefaultLLM), so it carries no key.
         return Config(
-            model=self._settings.model,
-            api_key=self._settings.api_key,
-            api_base=self._settings.api_base,
+            model=primary.model,
+            api_base=primary.api_base,
             max_steps=self._settings.max_steps,
             toolsets=toolsets,
-            additional_toolsets=self._extra_toolsets or None,
+            custom_toolsets=list(self._settings.custom_toolset_files) or None,
+            additional_toolsets=additional or None,
         )
 
+    def _base_executor(self, config: Config) -> ToolExecutor:
+        from holmes.core.tools import PrerequisiteCacheMode
+
+        # The server's executor key (tags CORE+CLUSTER, enable_all=False), built once and reused.
+        return config.create_server_tool_executor(prerequisite_cache=PrerequisiteCacheMode.DISABLED)
+
+    def _executor(self, config: Config, toolsets: list[str] | None) -> ToolExecutor:
+        base = self._base_executor(config)
+        return base if toolsets is None else self._filtered_executor(base, toolsets)
+
     def _create_ai(self, config: Config, toolsets: list[str] | None = None) -> ToolCallingLLM:
-        from holmes.core.tools import PrerequisiteCacheMode, ToolsetTag
+        """The primary model over the (optionally filtered) shared executor."""
+        return self._toolcalling_llm(config, self._models[0], self._executor(config, toolsets))
 
-        if self.fast:
-            from holmes_stream.engine import fastpath
+    def _toolcalling_llm(
+        self, config: Config, entry: ModelEntry, executor: ToolExecutor
+    ) -> ToolCallingLLM:
+        from holmes_stream.engine import fastpath
 
-            ai = fastpath.create_toolcalling_llm(config)
-        else:
-            # The server's executor key: any other value rebuilds the shared tool executor.
-            ai = config.create_toolcalling_llm(
-                toolset_tag_filter=[ToolsetTag.CORE, ToolsetTag.CLUSTER],
-                enable_all_toolsets_possible=False,
-                prerequisite_cache=PrerequisiteCacheMode.DISABLED,
-                reuse_executor=True,
-            )
-        configure_llm(ai, self._settings)
-        if toolsets is not None:
-            ai = ai.with_executor(self._filtered_executor(ai.tool_executor, toolsets))
-        return ai
+        return fastpath.toolcalling_llm(config, self._llm(entry), executor, memoise=self.fast)
+
+    def _llm(self, entry: ModelEntry) -> Any:
+        """A ``DefaultLLM`` for one model entry, as HolmesGPT builds one from model_list.yaml."""
+        from holmes.core.llm import DefaultLLM
+
+        return DefaultLLM(
+            model=entry.model,
+            api_key=entry.key(),
+            api_base=entry.api_base,
+            api_version=entry.api_version,
+            args=llm_args(entry, self._settings),
+            name=entry.name,
+        )
 
     def _filtered_executor(self, base: ToolExecutor, wanted: list[str]) -> ToolExecutor:
         """An executor offering only the named enabled toolsets (cached per selection)."""
@@ -290,7 +441,10 @@ class HolmesEngine:
         enabled = {ts.name for ts in base.toolsets if ts.status == ToolsetStatusEnum.ENABLED}
         unknown = sorted(key - enabled)
         if unknown:
-            raise PermanentEngineError(f"toolsets not enabled: {', '.join(unknown)}")
+            offered = ", ".join(sorted(enabled))
+            raise PermanentEngineError(
+                f"toolsets not enabled: {', '.join(unknown)} (enabled: {offered})"
+            )
         kept = [
             ts for ts in base.toolsets if ts.name in key or ts.status != ToolsetStatusEnum.ENABLED
         ]
@@ -298,25 +452,84 @@ class HolmesEngine:
         with self._lock:
             return self._executors.setdefault(key, executor)
 
-    def _build_messages(self, ai: ToolCallingLLM, config: Config, ask: str) -> list[dict[str, Any]]:
+    def _build_messages(
+        self,
+        ai: ToolCallingLLM,
+        config: Config,
+        ask: str,
+        history: list[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
         if self.fast:
             from holmes_stream.engine import fastpath
 
-            return fastpath.build_chat_messages(ask, ai=ai, config=config)
+            return fastpath.build_chat_messages(ask, ai=ai, config=config, history=history)
         from holmes.core.conversations import build_chat_messages
 
-        return build_chat_messages(ask, [], ai=ai, config=config)
+        return build_chat_messages(ask, history or [], ai=ai, config=config)
 
 
-def configure_llm(ai: ToolCallingLLM, settings: LLMSettings) -> None:
-    """Per-model litellm arguments, as a model_list.yaml entry would set them.
+def llm_args(entry: ModelEntry, settings: LLMSettings) -> dict[str, Any]:
+    """litellm completion arguments of one model, as a model_list.yaml entry would set them.
 
     ``num_retries=0`` turns off litellm's and the OpenAI client's own retries (2 by default), so
-    the worker's retry policy is the only one. ``setdefault``: HolmesGPT keeps the first value.
+    failover and the worker's retry policy are the only ones. Prices given per token make
+    litellm cost the calls of models it does not know.
     """
-    args: dict[str, Any] = getattr(ai.llm, "args")  # noqa: B009 - DefaultLLM only, not on LLM
-    args.setdefault("temperature", settings.temperature)
+    args: dict[str, Any] = dict(entry.args)
+    temperature = entry.temperature if entry.temperature is not None else settings.temperature
+    args.setdefault("temperature", temperature)
     args.setdefault("num_retries", 0)
+    if entry.input_cost_per_token is not None and entry.output_cost_per_token is not None:
+        args.setdefault("input_cost_per_token", entry.input_cost_per_token)
+        args.setdefault("output_cost_per_token", entry.output_cost_per_token)
+    return args
+
+
+def load_python_toolsets(specs: list[str]) -> list[Any]:
+    """Toolsets named ``module:attribute``: a Toolset, a list of them, or a factory of either."""
+    import importlib
+
+    loaded: list[Any] = []
+    for spec in specs:
+        module_name, _, attribute = spec.partition(":")
+        if not module_name or not attribute:
+            raise ValueError(f"python toolset {spec!r}: expected module:attribute")
+        value = getattr(importlib.import_module(module_name), attribute)
+        if callable(value) and not hasattr(value, "tools"):
+            value = value()
+        loaded.extend(value if isinstance(value, list | tuple) else [value])
+    return loaded
+
+
+def toolset_catalog(toolsets: list[Any]) -> list[dict[str, Any]]:
+    """What HolmesGPT made of each toolset: enabled, disabled, or failed with the reason."""
+    from holmes_stream.redaction import Redactor
+
+    redactor = Redactor()
+    out = []
+    for ts in sorted(toolsets, key=lambda t: t.name):
+        status = str(getattr(ts.status, "value", ts.status))
+        error = getattr(ts, "error", None)
+        out.append(
+            {
+                "name": ts.name,
+                "status": status,
+                "enabled": status == "enabled",
+                "error": redactor.redact_text(str(error)) if error else None,
+                "description": ts.description,
+                "type": _enum_text(getattr(ts, "type", None)),
+                "tools": sorted(t.name for t in (ts.tools or [])),
+            }
+        )
+    return out
+
+
+def _enum_text(value: Any) -> str | None:
+    return None if value is None else str(getattr(value, "value", value))
+
+
+def _short_error(exc: BaseException) -> str:
+    return _truncate(str(exc) or type(exc).__name__, 500)
 
 
 def _drain(
@@ -324,12 +537,18 @@ def _drain(
     messages: list[dict[str, Any]],
     stop: threading.Event,
     events: queue.SimpleQueue[tuple[str, Any]],
+    gate: StepGate | None = None,
 ) -> None:
     try:
         for message in ai.call_stream(msgs=messages, cancel_event=stop):
             if stop.is_set():
                 return
-            events.put(("event", (_event_name(message.event), message.data)))
+            name = _event_name(message.event)
+            events.put(("event", (name, message.data)))
+            # The gate runs on the loop's own thread, so a "no" stops it before its next step.
+            if gate is not None and not gate(name, message.data):
+                stop.set()
+                return
         events.put(("done", None))
     except BaseException as exc:  # handed to the waiting thread, which classifies it
         events.put(("error", exc))
@@ -356,24 +575,38 @@ class _ResultCollector:
         elif event == "ai_answer_end":
             self._answer = data
 
-    def result(self, model: str, duration: float) -> InvestigationResult:
+    def result(self, entry: ModelEntry) -> InvestigationResult:
         if self._answer is None:
             # e.g. HolmesGPT paused for an approval we cannot give.
             raise PermanentEngineError("the agent loop ended without an answer")
         costs = self._answer.get("costs") or {}
         prompt = int(costs.get("prompt_tokens") or 0)
         completion = int(costs.get("completion_tokens") or 0)
-        return InvestigationResult(
+        result = InvestigationResult(
             analysis=self._answer.get("content") or "",
             tool_calls=list(self._tool_calls.values()),
-            model=model,
+            model=entry.name,
+            provider_model=entry.model,
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=int(costs.get("total_tokens") or prompt + completion),
             cost=float(costs.get("total_cost") or 0.0),
             num_llm_calls=int(self._answer.get("num_llm_calls") or 0),
-            duration_seconds=round(duration, 3),
         )
+        return result.with_conversation(conversation_of(self._answer.get("messages")))
+
+
+def conversation_of(messages: Any) -> list[dict[str, Any]] | None:
+    """The conversation to keep for follow-ups: JSON-safe, without the system prompt (rebuilt
+    for every turn from the toolsets of the time) and HolmesGPT's token-count cache."""
+    if not isinstance(messages, list):
+        return None
+    kept = [
+        {k: v for k, v in m.items() if k != "token_count"}
+        for m in messages
+        if isinstance(m, dict) and m.get("role") != "system"
+    ]
+    return cast(list[dict[str, Any]], _json_safe(kept))
 
 
 def _tool_output(result: dict[str, Any]) -> str:
@@ -510,3 +743,20 @@ def _status_code(exc: BaseException) -> int | None:
         return int(status) if status is not None else None
     except (TypeError, ValueError):
         return None
+
+
+# -- assembly ---------------------------------------------------------------------------------
+
+
+def build_engine(settings: Settings, extra_toolsets: list[Any] | None = None) -> HolmesEngine:
+    """The worker's engine: our history toolset, circuit state and catalog shared via Redis."""
+    from holmes_stream.engine.toolsets import history_toolset
+
+    url, prefix = settings.redis.url, settings.redis.key_prefix
+    llm = settings.llm
+    return HolmesEngine(
+        llm,
+        extra_toolsets=[history_toolset(url, prefix), *(extra_toolsets or [])],
+        breaker=RedisBreaker(url, prefix, llm.breaker_failures, llm.breaker_cooldown_seconds),
+        catalog_sink=redis_catalog_sink(url, prefix),
+    )

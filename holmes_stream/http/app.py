@@ -18,6 +18,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from holmes_stream.auth import ADMIN, Authenticator
 from holmes_stream.http.alertmanager import AlertmanagerController
+from holmes_stream.http.catalog import CatalogController
+from holmes_stream.http.chat import ChatController
 from holmes_stream.http.health import HealthController, MetricsController
 from holmes_stream.http.investigations import InvestigationController
 from holmes_stream.http.problems import exception_handlers
@@ -120,6 +122,8 @@ def build_routes(settings: Settings) -> list[object]:
     metrics_security = SECURITY if settings.auth.protect_metrics else None
     return [
         InvestigationController,
+        ChatController,
+        CatalogController,
         AlertmanagerController,
         HealthController,
         Router("/", route_handlers=[MetricsController], guards=metrics_guards, security=metrics_security),

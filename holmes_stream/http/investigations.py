@@ -383,7 +383,7 @@ async def event_stream(
                     for event in await store.events_after(investigation_id, after):
                         yield _message(event)
                     return
-                yield ServerSentEventMessage(comment="keep-alive")
+                yield ServerSentEventMessage(comment="keep-alive", data=None)
                 continue
             if event.seq <= after:
                 continue

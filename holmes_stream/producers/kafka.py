@@ -71,9 +71,7 @@ class KafkaProducers:
 
     async def publish_alert(self, body: bytes, key: str, tenant: str | None = None) -> None:
         extra = {"tenant": tenant} if tenant else {}
-        await self.alerts.publish(
-            body, key=key.encode(), headers=_headers(**extra)
-        )
+        await self.alerts.publish(body, key=key.encode(), headers=_headers(**extra))
 
     async def publish_result(self, record: InvestigationRecord) -> None:
         await self.results.publish(

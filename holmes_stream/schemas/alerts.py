@@ -21,9 +21,9 @@ class Alert(BaseModel):
     status: Literal["firing", "resolved"] = "firing"
     labels: dict[str, str] = Field(min_length=1)
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime  # noqa: N815 - Alertmanager's field name
-    endsAt: datetime | None = None  # noqa: N815
-    generatorURL: str | None = None  # noqa: N815
+    startsAt: datetime
+    endsAt: datetime | None = None
+    generatorURL: str | None = None
     fingerprint: str | None = None
 
     @field_validator("endsAt")
@@ -72,12 +72,12 @@ class AlertGroup(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     version: str = "4"
-    groupKey: str | None = None  # noqa: N815
-    truncatedAlerts: int = 0  # noqa: N815
+    groupKey: str | None = None
+    truncatedAlerts: int = 0
     status: Literal["firing", "resolved"] = "firing"
     receiver: str | None = None
-    groupLabels: dict[str, str] = Field(default_factory=dict)  # noqa: N815
-    commonLabels: dict[str, str] = Field(default_factory=dict)  # noqa: N815
-    commonAnnotations: dict[str, str] = Field(default_factory=dict)  # noqa: N815
-    externalURL: str | None = None  # noqa: N815
+    groupLabels: dict[str, str] = Field(default_factory=dict)
+    commonLabels: dict[str, str] = Field(default_factory=dict)
+    commonAnnotations: dict[str, str] = Field(default_factory=dict)
+    externalURL: str | None = None
     alerts: list[Alert] = Field(min_length=1)

@@ -111,6 +111,9 @@ class InvestigationRecord(BaseModel):
     attempts: int = 0
     result: InvestigationResult | None = None
     error: str | None = None
+    enrichment: dict[str, str] = Field(
+        default_factory=dict, description="Per enrichment source: ok, cached, skipped or failed"
+    )
     source: dict[str, Any] = Field(default_factory=dict, description="Where the alert came from")
 
 
@@ -118,6 +121,7 @@ class InvestigationRecord(BaseModel):
 EventType = Literal[
     "queued",
     "started",
+    "enrichment",
     "start_tool_calling",
     "tool_calling_result",
     "ai_message",

@@ -1,0 +1,368 @@
+"""Figures 1–3 and 6: alerts through Kafka → worker → results topic, beside the bare SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.common import (
+    PY,
+    ROOT,
+    CpuMeter,
+    Service,
+    alert_json,
+    create_topics,
+    log,
+    make_settings,
+    produce,
+    proc_rss_mb,
+    settings_env,
+    stack_pids,
+)
+from holmes_stream.devstack.scripted_llm import ScriptedLLM
+from holmes_stream.devstack.stack import LocalStack
+from holmes_stream.settings import Settings
+
+
+class Bare:
+    """bench/bare_runner.py as a child process, driven one command at a time."""
+
+    def __init__(self, settings: Settings, log_file: Path) -> None:
+        env = settings_env(settings)
+        self._log = open(log_file, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [PY, "-m", "bench.bare_runner"], cwd=ROOT, env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._log,
+        )
+        t0 = time.perf_counter()
+        self._read()
+        self.startup_seconds = time.perf_counter() - t0
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("bare runner exited; see its log")
+        return json.loads(line)
+
+    def run(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+        self.proc.stdin.flush()
+        return self._read()
+
+    def stop(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+class ResultWatcher:
+    """Reads the results topic from its current end; counts records of a batch of fingerprints."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
+        await self.consumer.start()
+        parts = None
+        while not parts:
+            parts = (await self.consumer.topics()) and self.consumer.partitions_for_topic(self.topic)
+            if not parts:
+                await asyncio.sleep(0.2)
+        tps = [TopicPartition(self.topic, p) for p in parts]
+        self.consumer.assign(tps)
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self.consumer.position(tp)
+
+    async def wait_for(self, fingerprints: set[str], timeout: float) -> dict[str, dict[str, Any]]:
+        assert self.consumer is not None
+        got: dict[str, dict[str, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while len(got) < len(fingerprints) and time.monotonic() < deadline:
+            batch = await self.consumer.getmany(timeout_ms=100)
+            for records in batch.values():
+                for r in records:
+                    headers = dict(r.headers or [])
+                    fp = (headers.get("alert-fingerprint") or b"").decode()
+                    if fp in fingerprints and fp not in got:
+                        got[fp] = json.loads(r.value)
+        return got
+
+    async def stop(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+
+
+async def run_batch(
+    settings: Settings, watcher: ResultWatcher, n: int, tag: str, timeout: float = 300,
+    sample: Any = None,
+) -> dict[str, Any]:
+    """Produce ``n`` fresh alerts; seconds until the last result is on the results topic."""
+    fps = [f"fp-{tag}-{i}" for i in range(n)]
+    values = [json.dumps(alert_json(fp)).encode() for fp in fps]
+    t0 = time.perf_counter()
+    sampler = asyncio.create_task(sample()) if sample else None
+    await produce(settings.kafka.bootstrap_servers, settings.kafka.alerts_topic, values,
+                  keys=[fp.encode() for fp in fps])
+    got = await watcher.wait_for(set(fps), timeout)
+    wall = time.perf_counter() - t0
+    if sampler is not None:
+        sampler.cancel()
+    statuses: dict[str, int] = {}
+    llm_calls = 0
+    for rec in got.values():
+        statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
+        llm_calls += (rec.get("result") or {}).get("num_llm_calls") or 0
+    return {
+        "n": n, "received": len(got), "wall": wall, "rate": len(got) / wall,
+        "statuses": statuses, "llm_calls_per_investigation": llm_calls / max(1, len(got)),
+    }
+
+
+# -- identical request bodies ------------------------------------------------------------------
+
+# HolmesGPT's user prompt carries the current time; these are the only lines normalised.
+_TIME_PATTERNS = [
+    re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?(\+00:00|Z)?"),
+    re.compile(r"(?<=timestamp)(\\?\"?:?\s*|[^0-9]{0,40})\d{10}"),
+]
+
+
+def _normalise(body: bytes) -> tuple[bytes, int]:
+    text = body.decode()
+    total = 0
+    for pattern in _TIME_PATTERNS:
+        text, k = pattern.subn("<TIME>", text)
+        total += k
+    return text.encode(), total
+
+
+async def _copy_running_record(settings: Settings, bare_prefix: str, record_id: str) -> None:
+    """Give the bare run's history tool what the worker's saw: its own record, running."""
+    from redis.asyncio import Redis
+
+    from holmes_stream.schemas import InvestigationRecord, Status
+    from holmes_stream.store import RecordStore
+
+    redis = Redis.from_url(settings.redis.url)
+    try:
+        src = RecordStore(redis, settings.redis.key_prefix)
+        record = await src.get(record_id)
+        assert record is not None, "the worker's record is missing"
+        running = InvestigationRecord.model_validate(record.model_dump())
+        running.status, running.result, running.reason, running.error = (
+            Status.RUNNING, None, None, None)
+        running.finished_at = None
+        await RecordStore(redis, bare_prefix).create(running)
+    finally:
+        await redis.aclose()
+
+
+async def check_bodies(
+    stack: LocalStack, settings: Settings, watcher: ResultWatcher, bare: Bare, work: Path
+) -> dict[str, Any]:
+    """The reference alert once through the worker and once through the bare SDK."""
+    llm = stack.llm
+    ref = alert_json("fp-node7")
+    worker_file, bare_file = work / "bodies-worker.jsonl", work / "bodies-bare.jsonl"
+    for f in (worker_file, bare_file):
+        f.unlink(missing_ok=True)
+    llm.configure(record_file=str(worker_file))
+    try:
+        await produce(settings.kafka.bootstrap_servers, settings.kafka.alerts_topic,
+                      [json.dumps(ref).encode()], keys=[b"fp-node7"])
+        got = await watcher.wait_for({"fp-node7"}, 120)
+    finally:
+        llm.configure(record_file=None)
+    assert got, "the reference alert produced no result"
+    record_id = got["fp-node7"]["id"]
+    bare_prefix = f"bare{uuid.uuid4().hex[:8]}:"
+    await _copy_running_record(settings, bare_prefix, record_id)
+    llm.configure(record_file=str(bare_file))
+    try:
+        result = await asyncio.to_thread(
+            bare.run, n=1, api_base=llm.api_base, concurrency=1, redis_url=settings.redis.url,
+            prefix=bare_prefix, alerts=[ref], warmup=False,
+        )
+    finally:
+        llm.configure(record_file=None)
+    w = worker_file.read_bytes().splitlines()
+    b = bare_file.read_bytes().splitlines()
+    raw_equal = w == b
+    nw = [_normalise(x) for x in w]
+    nb = [_normalise(x) for x in b]
+    equal = [x[0] for x in nw] == [x[0] for x in nb]
+    diff = None
+    if not equal:
+        for i, (x, y) in enumerate(zip(nw, nb, strict=False)):
+            if x[0] != y[0]:
+                k = next((j for j in range(min(len(x[0]), len(y[0]))) if x[0][j] != y[0][j]), 0)
+                diff = {"request": i, "worker": x[0][k - 80:k + 200].decode(errors="replace"),
+                        "bare": y[0][k - 80:k + 200].decode(errors="replace")}
+                break
+    return {
+        "requests_worker": len(w), "requests_bare": len(b), "bare_errors": result.get("errors"),
+        "bytes_worker": [len(x) for x in w], "bytes_bare": [len(x) for x in b],
+        "identical_raw": raw_equal, "identical_normalised": equal,
+        "timestamps_normalised": [x[1] for x in nw], "first_difference": diff,
+    }
+
+
+# -- the figures ---------------------------------------------------------------------------------
+
+
+async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    reps = 2 if quick else 5
+    n_worker = 60 if quick else 200
+    n_bare = 30 if quick else 80
+    bare_concurrency = 4
+    cores = __import__("os").cpu_count() or 1
+    pids = stack_pids(stack)
+
+    # ---- figure 1: one worker process vs the bare SDK in one process ------------------------
+    s1 = make_settings(stack, "e2e1-" + uuid.uuid4().hex[:6])
+    await create_topics(s1.kafka.bootstrap_servers,
+                        [s1.kafka.alerts_topic, s1.kafka.results_topic, s1.kafka.progress_topic,
+                         s1.kafka.dlq_topic], partitions=max(4, 2 * cores))
+    bare = Bare(s1, work / "bare.log")
+    out["bare_startup_seconds"] = bare.startup_seconds
+    worker = Service("worker", s1, work, "worker-1p")
+    worker.start()
+    startups = [worker.startup_seconds]
+    rss_start = proc_rss_mb(worker.pids[0])
+    watcher = ResultWatcher(s1.kafka.bootstrap_servers, s1.kafka.results_topic)
+    await watcher.start()
+    try:
+        log("fig1: warm-up")
+        await run_batch(s1, watcher, 30, "warm")
+        out["bodies"] = await check_bodies(stack, s1, watcher, bare, work)
+        log("fig1: bodies", out["bodies"]["identical_normalised"])
+        rss_idle = proc_rss_mb(worker.pids[0])
+        ours, ref, ours_cpu, ref_cpu, split = [], [], [], [], []
+        bare_alerts = [alert_json(f"fp-bare-{i}") for i in range(n_bare)]
+        for r in range(reps):
+            meter = CpuMeter({"worker": lambda: worker.pids, **pids})
+            meter.start()
+            res = await run_batch(s1, watcher, n_worker, f"f1r{r}-{uuid.uuid4().hex[:4]}")
+            cpu = meter.stop()
+            ours.append(res["rate"])
+            ours_cpu.append(cpu["worker"] / max(1, res["received"]) * 1000)
+            split.append({k: round(v / max(1, res["received"]) * 1000, 2) for k, v in cpu.items()})
+            b = await asyncio.to_thread(
+                bare.run, n=n_bare, api_base=stack.llm.api_base, concurrency=bare_concurrency,
+                redis_url=s1.redis.url, prefix=f"barethr{r}:", alerts=bare_alerts)
+            ref.append(b.get("investigations_per_second") or 0.0)
+            ref_cpu.append(b.get("cpu_ms_per_investigation") or 0.0)
+            log(f"fig1 rep {r}: worker {res['rate']:.1f}/s ({res['statuses']}), "
+                f"bare {ref[-1]:.1f}/s; cpu ms/inv worker {ours_cpu[-1]:.1f} bare {ref_cpu[-1]:.1f}")
+        out["fig1"] = {
+            "worker_rate": ours, "bare_rate": ref, "ratio": [a / b for a, b in zip(ours, ref, strict=True) if b],
+            "worker_cpu_ms": ours_cpu, "bare_cpu_ms": ref_cpu, "cpu_split_ms_per_inv": split,
+            "n_worker": n_worker, "n_bare": n_bare, "bare_concurrency": bare_concurrency,
+            "llm_calls_per_investigation": res["llm_calls_per_investigation"],
+        }
+        out["rss"] = {"after_start_mb": rss_start, "idle_after_warmup_mb": rss_idle}
+    finally:
+        await watcher.stop()
+        worker.stop()
+
+    # ---- figure 2: one worker process per core ---------------------------------------------------
+    s2 = make_settings(stack, "e2e2-" + uuid.uuid4().hex[:6])
+    await create_topics(s2.kafka.bootstrap_servers,
+                        [s2.kafka.alerts_topic, s2.kafka.results_topic, s2.kafka.progress_topic,
+                         s2.kafka.dlq_topic], partitions=max(4, 2 * cores))
+    multi = Service("worker", s2, work, f"worker-{cores}p", processes=cores)
+    multi.start()
+    out["startup_multi_seconds"] = multi.startup_seconds
+    watcher = ResultWatcher(s2.kafka.bootstrap_servers, s2.kafka.results_topic)
+    await watcher.start()
+    try:
+        await run_batch(s2, watcher, 30 * cores, "warm2")
+        rates, split = [], []
+        for r in range(reps):
+            meter = CpuMeter({"workers": lambda: multi.pids, **pids})
+            meter.start()
+            res = await run_batch(s2, watcher, n_worker * cores, f"f2r{r}-{uuid.uuid4().hex[:4]}")
+            cpu = meter.stop()
+            split.append({k: round(v / max(1, res["received"]) * 1000, 2) for k, v in cpu.items()})
+            rates.append(res["rate"])
+            log(f"fig2 rep {r}: {cores} processes {res['rate']:.1f}/s ({res['statuses']})")
+        out["fig2"] = {"processes": cores, "rate": rates, "cpu_split_ms_per_inv": split}
+    finally:
+        await watcher.stop()
+        multi.stop()
+
+    # ---- figure 3 (+6): 1 s LLM, 64 in flight, one process ----------------------------------------
+    slow = ScriptedLLM(__import__("bench.common", fromlist=["free_port"]).free_port(),
+                       data_dir=work / "llm-slow", latency_seconds=1.0)
+    slow.start()
+    s3 = make_settings(stack, "e2e3-" + uuid.uuid4().hex[:6], llm_api_base=slow.api_base,
+                       max_in_flight=64, llm_threads=64)
+    await create_topics(s3.kafka.bootstrap_servers,
+                        [s3.kafka.alerts_topic, s3.kafka.results_topic, s3.kafka.progress_topic,
+                         s3.kafka.dlq_topic], partitions=max(4, 2 * cores))
+    worker = Service("worker", s3, work, "worker-slow")
+    worker.start()
+    startups.append(worker.startup_seconds)
+    watcher = ResultWatcher(s3.kafka.bootstrap_servers, s3.kafka.results_topic)
+    await watcher.start()
+    try:
+        await run_batch(s3, watcher, 64, "warm3")
+        rss_before = proc_rss_mb(worker.pids[0])
+        peak = [rss_before]
+
+        async def sample() -> None:
+            while True:
+                peak.append(proc_rss_mb(worker.pids[0]))
+                await asyncio.sleep(0.1)
+
+        rates = []
+        n3 = 64 * (3 if quick else 5)
+        for r in range(reps if not quick else 1):
+            res = await run_batch(s3, watcher, n3, f"f3r{r}-{uuid.uuid4().hex[:4]}", sample=sample)
+            rates.append(res["rate"])
+            log(f"fig3 rep {r}: {res['rate']:.1f}/s ({res['statuses']})")
+        llm_seconds = res["llm_calls_per_investigation"] * 1.0
+        out["fig3"] = {"rate": rates, "in_flight": 64, "llm_seconds_per_investigation": llm_seconds,
+                       "n": n3}
+        out["rss"].update(
+            {"before_64_in_flight_mb": rss_before, "peak_64_in_flight_mb": max(peak),
+             "per_in_flight_mb": (max(peak) - rss_before) / 64})
+        if not quick:
+            b = await asyncio.to_thread(
+                bare.run, n=128, api_base=slow.api_base, concurrency=64,
+                redis_url=s3.redis.url, prefix="bareslow:",
+                alerts=[alert_json(f"fp-bslow-{i}") for i in range(128)])
+            out["fig3"]["bare_rate_64_in_flight"] = b.get("investigations_per_second")
+            log(f"fig3 bare 64 in flight: {b.get('investigations_per_second')}/s")
+    finally:
+        await watcher.stop()
+        worker.stop()
+        slow.stop()
+        bare.stop()
+    out["startup_seconds"] = startups
+    return out
+
+
+def _thread_name() -> str:
+    return threading.current_thread().name
