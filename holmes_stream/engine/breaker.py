@@ -120,10 +120,10 @@ class LocalBreaker:
 
 # KEYS[1] the model's hash; ARGV: now, trial seconds. 1: call it, 0: skip it.
 _ALLOW = """
-local until = redis.call('HGET', KEYS[1], 'open_until')
-if not until or until == '' then return 1 end
+local open_until = redis.call('HGET', KEYS[1], 'open_until')
+if not open_until or open_until == '' then return 1 end
 local now = tonumber(ARGV[1])
-if now < tonumber(until) then return 0 end
+if now < tonumber(open_until) then return 0 end
 redis.call('HSET', KEYS[1], 'open_until', now + tonumber(ARGV[2]), 'changed_at', now)
 return 1
 """
@@ -167,7 +167,7 @@ class RedisBreaker:
         try:
             return bool(self._allow(keys=[self._key(model)], args=[time.time(), trial]))
         except Exception as exc:  # Redis away: call the model
-            log.warning("model breaker: Redis unavailable (%s); calling %s", exc, model)
+            log.warning("model breaker: Redis failed (%s); calling %s", exc, model)
             return True
 
     def success(self, model: str) -> None:

@@ -15,6 +15,7 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from holmes_stream.auth import ADMIN, Authenticator
 from holmes_stream.http.alertmanager import AlertmanagerController
@@ -34,10 +35,14 @@ from holmes_stream.http.ui import UIController, static_router
 from holmes_stream.ratelimit import RateLimiter
 from holmes_stream.runtime import Runtime
 from holmes_stream.settings import Settings, get_settings
+from holmes_stream.store import RecordStore
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "1"
+# Connections of the HTTP layer's own Redis pool: a burst of clients (say a thousand SSE
+# clients reconnecting after a deploy) waits for a free connection instead of failing.
+HTTP_REDIS_CONNECTIONS = 64
 
 
 async def _connect_later(runtime: Runtime) -> None:
@@ -83,18 +88,32 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 with contextlib.suppress(Exception):
                     await rt.broker.stop()
                 reconnect = asyncio.create_task(_connect_later(rt))
-        hub = SSEHub(settings.redis.url, rt.store, block_ms=5000)
+        pool = BlockingConnectionPool.from_url(
+            settings.redis.url,
+            max_connections=HTTP_REDIS_CONNECTIONS,
+            timeout=10,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+        )
+        redis = Redis(connection_pool=pool)
+        store = RecordStore(
+            redis,
+            settings.redis.key_prefix,
+            settings.redis.record_ttl_seconds,
+            settings.redis.events_max_len,
+        )
+        hub = SSEHub(settings.redis.url, store, block_ms=5000)
         await hub.start()
         async with httpx.AsyncClient(timeout=3) as client:
             app.state.update(
                 settings=settings,
-                store=rt.store,
+                store=store,
                 service=rt.service,
                 broker=rt.broker,
                 http_client=client,
                 sse_hub=hub,
                 authenticator=Authenticator(settings.auth),
-                rate_limiter=RateLimiter(rt.redis, settings.redis.key_prefix, settings.ratelimit),
+                rate_limiter=RateLimiter(redis, settings.redis.key_prefix, settings.ratelimit),
             )
             try:
                 yield
@@ -102,6 +121,8 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 if reconnect is not None:
                     reconnect.cancel()
                 await hub.stop()
+                await redis.aclose()
+                await pool.disconnect()
                 if own:
                     await rt.stop()
 

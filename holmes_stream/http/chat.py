@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaError
 from faststream.exceptions import IncorrectState
 from litestar import Controller, Request, get, post
 from litestar.datastructures import State
-from litestar.params import HeaderParameter, PathParameter
+from litestar.params import Body, HeaderParameter, PathParameter, QueryParameter
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
 from pydantic import BaseModel, Field
 
@@ -94,7 +94,7 @@ class ChatController(Controller):
         request: Request[Any, Any, Any],
         state: State,
         investigation_id: InvestigationId,
-        data: ChatMessage,
+        data: Annotated[ChatMessage, Body(description="The follow-up question")],
     ) -> Response[ChatAccepted] | ServerSentEvent:
         record = await load_visible(state.store, _principal(request), investigation_id)
         try:
@@ -149,7 +149,9 @@ class ChatController(Controller):
         state: State,
         investigation_id: InvestigationId,
         turn: TurnId,
-        after: int = 0,
+        after: Annotated[
+            int, QueryParameter(ge=0, description="Replay the turn's events after this seq")
+        ] = 0,
         last_event_id: Annotated[
             str | None, HeaderParameter(name="Last-Event-ID", description="Resume after this")
         ] = None,

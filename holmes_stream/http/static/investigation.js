@@ -156,7 +156,10 @@
     payload = payload || {};
     if (payload.tool_name) return payload.tool_name + (payload.status ? " → " + payload.status : "");
     if (type === "ai_message" && payload.content) return String(payload.content).slice(0, 140);
-    if (type === "token_count" && payload.tokens) return JSON.stringify(payload.tokens).slice(0, 140);
+    if (type === "token_count" && payload.tokens) {
+      const total = payload.tokens.total_tokens;
+      return total !== undefined ? total + " tokens in context" : JSON.stringify(payload.tokens).slice(0, 100);
+    }
     if (payload.reason) return payload.reason;
     if (payload.error) return payload.error;
     if (payload.attempt) return "attempt " + payload.attempt;
