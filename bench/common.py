@@ -37,6 +37,23 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 _READY = b'"event": "worker ready"'
 
 
+_STARTED: list[Any] = []  # everything with a stop(), stopped by cleanup() whatever happens
+
+
+def started(thing: Any) -> Any:
+    _STARTED.append(thing)
+    return thing
+
+
+def cleanup() -> None:
+    while _STARTED:
+        thing = _STARTED.pop()
+        try:
+            thing.stop()
+        except Exception as exc:  # keep stopping the others
+            log("cleanup:", type(thing).__name__, exc)
+
+
 def log(*parts: Any) -> None:
     print(time.strftime("%H:%M:%S"), *parts, file=sys.stderr, flush=True)
 
@@ -56,6 +73,7 @@ def start_stack(root: Path, **llm_config: Any) -> LocalStack:
         llm_port=free_port(),
         llm_config=llm_config or None,
     )
+    started(stack)
     stack.start()
     return stack
 
@@ -170,6 +188,7 @@ class Service:
             argv += ["--processes", str(self.processes)]
         t0 = time.perf_counter()
         self.proc = spawn_detached(argv, self.log_file, env=self.env)
+        started(self)
         self.pid_file.write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
         while not self._ready():

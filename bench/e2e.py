@@ -20,6 +20,7 @@ from bench.common import (
     CpuMeter,
     Service,
     alert_json,
+    started,
     create_topics,
     log,
     make_settings,
@@ -74,20 +75,16 @@ class Bare:
 class ResultWatcher:
     """Reads the results topic from its current end; counts records of a batch of fingerprints."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
+        self.partitions = partitions
         self.consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         await self.consumer.start()
-        parts = None
-        while not parts:
-            parts = (await self.consumer.topics()) and self.consumer.partitions_for_topic(self.topic)
-            if not parts:
-                await asyncio.sleep(0.2)
-        tps = [TopicPartition(self.topic, p) for p in parts]
+        tps = [TopicPartition(self.topic, p) for p in range(self.partitions)]
         self.consumer.assign(tps)
         await self.consumer.seek_to_end(*tps)
         for tp in tps:
@@ -142,8 +139,8 @@ async def run_batch(
 
 # HolmesGPT's user prompt carries the current time; these are the only lines normalised.
 _TIME_PATTERNS = [
-    re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?(\+00:00|Z)?"),
-    re.compile(r"(?<=timestamp)(\\?\"?:?\s*|[^0-9]{0,40})\d{10}"),
+    re.compile(r"(?<=The current UTC date and time are )\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[.\d]*\+00:00"),
+    re.compile(r"(?<=The current UTC timestamp in seconds is )\d+"),
 ]
 
 
@@ -186,6 +183,8 @@ async def check_bodies(
     worker_file, bare_file = work / "bodies-worker.jsonl", work / "bodies-bare.jsonl"
     for f in (worker_file, bare_file):
         f.unlink(missing_ok=True)
+    # The scripted LLM numbers its tool calls; both sides start from the same number.
+    llm.reset()
     llm.configure(record_file=str(worker_file))
     try:
         await produce(settings.kafka.bootstrap_servers, settings.kafka.alerts_topic,
@@ -197,6 +196,7 @@ async def check_bodies(
     record_id = got["fp-node7"]["id"]
     bare_prefix = f"bare{uuid.uuid4().hex[:8]}:"
     await _copy_running_record(settings, bare_prefix, record_id)
+    llm.reset()
     llm.configure(record_file=str(bare_file))
     try:
         result = await asyncio.to_thread(
@@ -238,19 +238,20 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
     bare_concurrency = 4
     cores = __import__("os").cpu_count() or 1
     pids = stack_pids(stack)
+    nparts = max(4, 2 * cores)
 
     # ---- figure 1: one worker process vs the bare SDK in one process ------------------------
     s1 = make_settings(stack, "e2e1-" + uuid.uuid4().hex[:6])
     await create_topics(s1.kafka.bootstrap_servers,
                         [s1.kafka.alerts_topic, s1.kafka.results_topic, s1.kafka.progress_topic,
-                         s1.kafka.dlq_topic], partitions=max(4, 2 * cores))
-    bare = Bare(s1, work / "bare.log")
+                         s1.kafka.dlq_topic], partitions=nparts)
+    bare = started(Bare(s1, work / "bare.log"))
     out["bare_startup_seconds"] = bare.startup_seconds
     worker = Service("worker", s1, work, "worker-1p")
     worker.start()
     startups = [worker.startup_seconds]
     rss_start = proc_rss_mb(worker.pids[0])
-    watcher = ResultWatcher(s1.kafka.bootstrap_servers, s1.kafka.results_topic)
+    watcher = ResultWatcher(s1.kafka.bootstrap_servers, s1.kafka.results_topic, nparts)
     await watcher.start()
     try:
         log("fig1: warm-up")
@@ -290,11 +291,11 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
     s2 = make_settings(stack, "e2e2-" + uuid.uuid4().hex[:6])
     await create_topics(s2.kafka.bootstrap_servers,
                         [s2.kafka.alerts_topic, s2.kafka.results_topic, s2.kafka.progress_topic,
-                         s2.kafka.dlq_topic], partitions=max(4, 2 * cores))
+                         s2.kafka.dlq_topic], partitions=nparts)
     multi = Service("worker", s2, work, f"worker-{cores}p", processes=cores)
     multi.start()
     out["startup_multi_seconds"] = multi.startup_seconds
-    watcher = ResultWatcher(s2.kafka.bootstrap_servers, s2.kafka.results_topic)
+    watcher = ResultWatcher(s2.kafka.bootstrap_servers, s2.kafka.results_topic, nparts)
     await watcher.start()
     try:
         await run_batch(s2, watcher, 30 * cores, "warm2")
@@ -315,16 +316,17 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
     # ---- figure 3 (+6): 1 s LLM, 64 in flight, one process ----------------------------------------
     slow = ScriptedLLM(__import__("bench.common", fromlist=["free_port"]).free_port(),
                        data_dir=work / "llm-slow", latency_seconds=1.0)
+    started(slow)
     slow.start()
     s3 = make_settings(stack, "e2e3-" + uuid.uuid4().hex[:6], llm_api_base=slow.api_base,
                        max_in_flight=64, llm_threads=64)
     await create_topics(s3.kafka.bootstrap_servers,
                         [s3.kafka.alerts_topic, s3.kafka.results_topic, s3.kafka.progress_topic,
-                         s3.kafka.dlq_topic], partitions=max(4, 2 * cores))
+                         s3.kafka.dlq_topic], partitions=nparts)
     worker = Service("worker", s3, work, "worker-slow")
     worker.start()
     startups.append(worker.startup_seconds)
-    watcher = ResultWatcher(s3.kafka.bootstrap_servers, s3.kafka.results_topic)
+    watcher = ResultWatcher(s3.kafka.bootstrap_servers, s3.kafka.results_topic, nparts)
     await watcher.start()
     try:
         await run_batch(s3, watcher, 64, "warm3")

@@ -11,12 +11,17 @@ import argparse
 import asyncio
 import json
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT, log, start_stack
+from bench.common import ROOT, cleanup, log, start_stack
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main() -> None:
@@ -27,12 +32,13 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
     parts = set(args.only.split(","))
+    signal.signal(signal.SIGTERM, _interrupted)
     work = Path(tempfile.mkdtemp(prefix="holmes-bench-"))
     t0 = time.perf_counter()
     log("starting the local stack under", work)
-    stack = start_stack(work / "stack")
     results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick}
     try:
+        stack = start_stack(work / "stack")
         if "e2e" in parts:
             from bench.e2e import figures_1_3_6
 
@@ -46,7 +52,7 @@ def main() -> None:
 
             results["http"] = asyncio.run(figure_5(stack, work, args.quick))
     finally:
-        stack.stop()
+        cleanup()
         results["suite_seconds"] = round(time.perf_counter() - t0, 1)
         out = Path(args.out)
         (out / ("results-quick.json" if args.quick else "results.json")).write_text(

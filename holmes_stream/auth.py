@@ -142,7 +142,9 @@ class Authenticator:
         digest = hash_key(key)
         for known, entry in self._keys.items():
             if hmac.compare_digest(known, digest):
-                return Principal(f"key:{entry.name}", "api_key", frozenset(entry.scopes), entry.tenant)
+                return Principal(
+                    f"key:{entry.name}", "api_key", frozenset(entry.scopes), entry.tenant
+                )
         return None
 
     def _jwt(self, token: str) -> Principal:
@@ -198,7 +200,9 @@ class Authenticator:
             raise AuthError(f"invalid token: {exc}") from exc
 
     # ------------------------------------------------------------------ page tokens
-    def issue_page_token(self, principal: Principal, investigation_id: str, tenant: str | None) -> tuple[str, int]:
+    def issue_page_token(
+        self, principal: Principal, investigation_id: str, tenant: str | None
+    ) -> tuple[str, int]:
         """A read-only token for one investigation, for the browser page; with its expiry."""
         expires = int(time.time()) + self.settings.page_token_ttl_seconds
         claims = {

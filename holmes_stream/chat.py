@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from holmes_stream import metrics
+from holmes_stream.budgets import BudgetExceeded
 from holmes_stream.engine.base import (
     ChatEngineRequest,
     EngineCancelled,
@@ -37,6 +38,7 @@ from holmes_stream.engine.base import (
 )
 from holmes_stream.intake import RejectedMessage
 from holmes_stream.schemas import (
+    TERMINAL_EVENTS,
     FailoverAttempt,
     InvestigationRecord,
     InvestigationResult,
@@ -58,6 +60,7 @@ CHAT_KIND = "chat_request"
 TURN_END_EVENTS = frozenset({"chat_completed", "chat_failed"})
 _KIND_MARKER = b'"chat_request"'
 _LEASE_POLL_SECONDS = 0.25
+_TERMINAL_EVENT_GRACE_SECONDS = 3.0
 MAX_MESSAGE_CHARS = 4000
 
 
@@ -134,6 +137,7 @@ class ChatService:
             )
         if not await self.store.redis.exists(self._k("conv", record.id)):
             raise ChatRefused("no conversation is kept for this investigation (expired?)")
+        await self._after_terminal_event(record)
         turn = new_turn_id()
         busy = self._k("chatbusy", record.id)
         if not await self.store.redis.set(busy, turn, nx=True, ex=self.busy_seconds):
@@ -159,6 +163,20 @@ class ChatService:
             question = self.service.extras.redactor.redact_text(message)
         await self.service.emit(record, "chat_started", {"turn": turn, "message": question})
         return turn, after
+
+    async def _after_terminal_event(self, record: InvestigationRecord) -> None:
+        """The record turns terminal just before its terminal event is written: a turn asked
+        in between waits for that event, so that turns always follow it in the stream."""
+        finished = record.finished_at or record.created_at
+        if (utcnow() - finished).total_seconds() > _TERMINAL_EVENT_GRACE_SECONDS:
+            return
+        deadline = time.monotonic() + _TERMINAL_EVENT_GRACE_SECONDS
+        while time.monotonic() < deadline:
+            last = int(await self.store.redis.get(self._k("evseq", record.id)) or 0)
+            recent = await self.store.events_after(record.id, max(0, last - 50))
+            if any(event.type in TERMINAL_EVENTS for event in recent):
+                return
+            await asyncio.sleep(0.05)
 
     async def transcript(self, investigation_id: str) -> list[ChatTurn]:
         rows = await self.store.redis.lrange(self._k("chat", investigation_id), 0, -1)
@@ -209,6 +227,14 @@ class ChatService:
         if history is None:
             await self._end(record, request, error="no conversation is kept for this investigation")
             return
+        budgets = service.extras.budgets
+        if budgets is not None:
+            try:
+                await budgets.check(request.tenant)
+            except BudgetExceeded as exc:
+                metrics.BUDGET_EXCEEDED.labels(request.tenant or "default").inc()
+                await self._end(record, request, error=f"budget exceeded: {exc}")
+                return
         question = request.message
         redactor = service.extras.redactor
         if redactor is not None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faststream.kafka import KafkaBroker
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from holmes_stream.budgets import Budgets, SyncBudgetGuard
 from holmes_stream.consumers.alerts import Dispatcher, register_alert_subscriber
@@ -65,7 +65,15 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, *, worker: bool, engine: Any = None) -> Runtime:
-        redis = Redis.from_url(settings.redis.url, socket_timeout=10, socket_connect_timeout=5)
+        # A blocking pool queues callers when all connections are busy instead of failing them.
+        pool = BlockingConnectionPool.from_url(
+            settings.redis.url,
+            max_connections=settings.redis.max_connections,
+            timeout=30,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+        )
+        redis = Redis(connection_pool=pool)
         store = RecordStore(
             redis,
             settings.redis.key_prefix,

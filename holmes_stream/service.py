@@ -63,6 +63,48 @@ TRANSIENT_IO: tuple[type[BaseException], ...] = (
 # How often a duplicate checks whether the worker holding its episode has finished.
 _LEASE_POLL_SECONDS = 0.25
 
+# Episodes this process has seen finished, kept to answer their re-sends without Redis.
+_SETTLED_CACHE_SIZE = 100_000
+
+
+class SettledEpisodes:
+    """A bounded LRU of episode ids whose record is terminal, each valid until its key expires.
+
+    A terminal record never changes status again, so a firing re-send of a remembered episode
+    is a duplicate exactly as ``handle`` would find in Redis; entries lapse no later than the
+    record's own key (its TTL is read when the entry is made; writes only ever extend it). An
+    episode also remembered as resolved answers resolved re-sends, which change nothing either.
+    """
+
+    def __init__(self, size: int = _SETTLED_CACHE_SIZE) -> None:
+        self._size = size
+        # id -> (record valid until, resolution noted until or 0.0), time.monotonic() clock
+        self._entries: dict[str, tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def remember(self, investigation_id: str, record_ms: int, resolved_ms: int | None) -> None:
+        if record_ms <= 0:  # no expiry (-1) would be unusual; gone (-2): nothing to remember
+            return
+        now = time.monotonic()
+        resolved_until = now + resolved_ms / 1000 if resolved_ms and resolved_ms > 0 else 0.0
+        entries = self._entries
+        entries.pop(investigation_id, None)
+        entries[investigation_id] = (now + record_ms / 1000, min(resolved_until, now + record_ms / 1000))
+        if len(entries) > self._size:
+            del entries[next(iter(entries))]
+
+    def lookup(self, investigation_id: str, resolved: bool) -> bool:
+        entry = self._entries.get(investigation_id)
+        if entry is None:
+            return False
+        now = time.monotonic()
+        if entry[0] <= now:
+            del self._entries[investigation_id]
+            return False
+        return not resolved or entry[1] > now
+
 
 class Outcome(StrEnum):
     COMPLETED = "completed"
@@ -201,6 +243,7 @@ class InvestigationService:
         self.worker_id = uuid.uuid4().hex[:12]
         self.stopping = False
         self._running: dict[str, threading.Event] = {}
+        self.settled = SettledEpisodes()
 
     # ---------------------------------------------------------------- submission (API side)
     async def submit(self, works: list[AlertWork]) -> list[Submission]:
@@ -223,13 +266,35 @@ class InvestigationService:
         await self.store.request_stop(investigation_id, reason)
 
     # ---------------------------------------------------------------- handling (worker side)
+    def settled_outcome(self, work: AlertWork) -> Outcome | None:
+        """The outcome of a re-send of an episode known here to be finished, without any I/O.
+
+        ``None``: not known, ``handle`` must look. The same outcome ``handle`` would reach.
+        """
+        if work.alert.status == "resolved":
+            if self.settled.lookup(work.investigation_id, resolved=True):
+                return Outcome.RESOLVED_NOTED
+            return None
+        if self.settled.lookup(work.investigation_id, resolved=False):
+            metrics.DEDUP_HITS.labels("kafka").inc()
+            return Outcome.DUPLICATE
+        return None
+
+    async def _remember_settled(self, investigation_id: str, resolved: bool) -> None:
+        record_ms, resolved_ms = await self.store.expiries(investigation_id)
+        self.settled.remember(investigation_id, record_ms, resolved_ms if resolved else None)
+
     async def handle(self, work: AlertWork, source: Source) -> Outcome:
         """Bring one alert to an outcome. Idempotent: safe to call again for the same alert."""
+        settled = self.settled_outcome(work)
+        if settled is not None:
+            return settled
         if work.alert.status == "resolved":
             return await self._on_resolved(work, source)
         record, _ = await self.store.create(self._new_record(work, source))
         if record.status.terminal:
             metrics.DEDUP_HITS.labels("kafka").inc()
+            await self._remember_settled(record.id, resolved=False)
             return Outcome.DUPLICATE
         stale = self._staleness(work, source)
         if stale is not None:
@@ -283,6 +348,7 @@ class InvestigationService:
             if stored.resolved_at is None:
                 stored.resolved_at = resolved_at
                 await self._durably(lambda: self._publish_outcome(stored))
+            await self._remember_settled(stored.id, resolved=True)
             return Outcome.RESOLVED_NOTED
         if self.settings.cancel_on_resolve:
             await self.store.request_stop(stored.id, f"alert resolved at {resolved_at.isoformat()}")

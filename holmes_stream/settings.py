@@ -33,6 +33,7 @@ class KafkaSettings(BaseModel):
 class RedisSettings(BaseModel):
     url: str = Field("redis://127.0.0.1:16379/0", description="Redis URL of the result store")
     key_prefix: str = Field("hs:", description="Prefix of every key the service writes")
+    max_connections: int = Field(64, description="Redis connections per process (callers queue)")
     record_ttl_seconds: int = Field(7 * 24 * 3600, description="How long records are kept")
     events_max_len: int = Field(2000, description="Progress events kept per investigation")
 
@@ -163,13 +164,13 @@ class ApiSettings(BaseModel):
     sse_keepalive_seconds: float = Field(15.0, description="Idle time before an SSE keep-alive")
     public_url: str | None = Field(None, description="Base URL used in Location headers")
     submit_timeout_seconds: float = Field(
-        8.0, description="A submission Kafka has not taken by then is answered 503"
+        default=8.0, description="A submission Kafka has not taken by then is answered 503"
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Origins allowed by CORS (JSON list); empty: no CORS"
     )
     hsts_max_age_seconds: int = Field(
-        0, description="Strict-Transport-Security max-age; 0 leaves the header out"
+        default=0, description="Strict-Transport-Security max-age; 0 leaves the header out"
     )
 
 
@@ -181,33 +182,51 @@ class ApiKey(BaseModel):
     scopes: list[str] = Field(
         default_factory=lambda: ["investigations:read", "investigations:write"]
     )
-    tenant: str | None = Field(None, description="The only tenant the key may see and submit for")
+    tenant: str | None = Field(
+        default=None, description="The only tenant the key may see and submit for"
+    )
 
 
 class AuthSettings(BaseModel):
     mode: Literal["required", "disabled"] = Field(
-        "required", description="`disabled` is for local development only: everyone is admin"
+        default="required",
+        description="`disabled` is for local development only: every caller is admin",
     )
-    jwt_hs256_secret: SecretStr | None = Field(None, description="Secret of HS256 bearer tokens")
-    jwt_public_key_file: Path | None = Field(None, description="PEM public key of RS256 tokens")
-    jwks_file: Path | None = Field(None, description="JWKS file with the RS256 keys (by kid)")
-    audience: str | None = Field("holmes-stream", description="Required `aud` of bearer tokens")
-    issuer: str | None = Field(None, description="Required `iss` of bearer tokens")
-    leeway_seconds: float = Field(30, description="Clock skew allowed on exp/nbf/iat")
-    tenant_claim: str = Field("tenant", description="JWT claim naming the caller's tenant")
+    jwt_hs256_secret: SecretStr | None = Field(
+        default=None, description="Secret of HS256 bearer tokens"
+    )
+    jwt_public_key_file: Path | None = Field(
+        default=None, description="PEM public key of RS256 bearer tokens"
+    )
+    jwks_file: Path | None = Field(
+        default=None, description="JWKS file with the RS256 keys, chosen by `kid`"
+    )
+    audience: str | None = Field(
+        default="holmes-stream", description="Required `aud` of bearer tokens"
+    )
+    issuer: str | None = Field(default=None, description="Required `iss` of bearer tokens")
+    leeway_seconds: float = Field(default=30, description="Clock skew allowed on exp/nbf/iat")
+    tenant_claim: str = Field(default="tenant", description="JWT claim naming the tenant")
     api_keys: list[ApiKey] = Field(default_factory=list, description="API keys (JSON list)")
-    protect_metrics: bool = Field(False, description="Require the `admin` scope on /metrics")
-    page_token_secret: SecretStr | None = Field(
-        None, description="Signs the UI's short-lived access tokens (default: the HS256 secret)"
+    protect_metrics: bool = Field(
+        default=False, description="Require the `admin` scope on /metrics"
     )
-    page_token_ttl_seconds: int = Field(900, description="Lifetime of a UI access token")
+    page_token_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the UI's short-lived access tokens (default: from the HS256 secret)",
+    )
+    page_token_ttl_seconds: int = Field(default=900, description="Lifetime of a UI access token")
 
 
 class RateLimitSettings(BaseModel):
-    enabled: bool = Field(True, description="Per principal and route, shared through Redis")
-    window_seconds: int = Field(60, description="Length of the sliding window")
-    write_per_window: int = Field(120, description="POST requests per principal, route, window")
-    read_per_window: int = Field(1200, description="GET requests per principal, route, window")
+    enabled: bool = Field(default=True, description="Per principal and route, shared via Redis")
+    window_seconds: int = Field(default=60, description="Length of the sliding window")
+    write_per_window: int = Field(
+        default=120, description="POST requests per principal, route and window"
+    )
+    read_per_window: int = Field(
+        default=1200, description="GET requests per principal, route and window"
+    )
     routes: dict[str, int] = Field(
         default_factory=dict,
         description='Overrides by route, e.g. {"POST /api/v1/investigations": 10}',

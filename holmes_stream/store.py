@@ -34,6 +34,21 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return {seq, event}
 """
 
+# A record and its index entries appear together or not at all (a crash between the two
+# would leave a record that no listing shows). Returns the existing record, if there is one.
+_CREATE_RECORD = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  return existing
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
+end
+return false
+"""
+
 # Renew or release a lease only while we still own it.
 _RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -64,6 +79,7 @@ class RecordStore:
         self._append = redis.register_script(_APPEND_EVENT)
         self._renew = redis.register_script(_RENEW_LEASE)
         self._release = redis.register_script(_RELEASE_LEASE)
+        self._create = redis.register_script(_CREATE_RECORD)
 
     # -- keys -------------------------------------------------------------------------------
     def _k(self, *parts: str) -> str:
@@ -76,15 +92,12 @@ class RecordStore:
     # -- records ----------------------------------------------------------------------------
     async def create(self, record: InvestigationRecord) -> tuple[InvestigationRecord, bool]:
         """Store ``record`` unless one exists for its id; return the stored one and whether new."""
-        key = self._k("inv", record.id)
-        created = await self.redis.set(key, record.model_dump_json(), nx=True, ex=self.ttl)
-        if created:
-            await self._index(record)
+        keys = [self._k("inv", record.id), *self._index_keys(record)]
+        args = [record.model_dump_json(), self.ttl, record.created_at.timestamp(), record.id]
+        existing = await self._create(keys=keys, args=args)
+        if existing is None:
             return record, True
-        existing = await self.get(record.id)
-        if existing is None:  # expired between the two calls: try once more
-            return await self.create(record)
-        return existing, False
+        return InvestigationRecord.model_validate_json(existing), False
 
     async def get(self, investigation_id: str) -> InvestigationRecord | None:
         raw = await self.redis.get(self._k("inv", investigation_id))
@@ -98,14 +111,6 @@ class RecordStore:
 
     async def put(self, record: InvestigationRecord) -> None:
         await self.redis.set(self._k("inv", record.id), record.model_dump_json(), ex=self.ttl)
-
-    async def _index(self, record: InvestigationRecord) -> None:
-        score = record.created_at.timestamp()
-        pipe = self.redis.pipeline(transaction=False)
-        for key in self._index_keys(record):
-            pipe.zadd(key, {record.id: score})
-            pipe.expire(key, self.ttl)
-        await pipe.execute()
 
     def _index_keys(self, record: InvestigationRecord) -> list[str]:
         keys = [self._k("idx", "all"), self._k("idx", "fp", record.fingerprint)]
@@ -157,7 +162,7 @@ class RecordStore:
         rows: list[tuple[str, float]] = []
         offset = 0
         while True:
-            got = await self.redis.zrevrangebyscore(
+            got: Any = await self.redis.zrevrangebyscore(
                 key, high, low, start=offset, num=batch, withscores=True
             )
             for raw, score in got:
@@ -215,6 +220,14 @@ class RecordStore:
         return events
 
     # -- stopping: resolution and cancellation ----------------------------------------------
+    async def expiries(self, investigation_id: str) -> tuple[int, int]:
+        """Milliseconds until the record and its resolution mark expire (Redis PTTL: -2 gone)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.pttl(self._k("inv", investigation_id))
+        pipe.pttl(self._k("resolved", investigation_id))
+        record_ms, resolved_ms = await pipe.execute()
+        return int(record_ms), int(resolved_ms)
+
     async def mark_resolved(self, investigation_id: str, at: datetime) -> datetime:
         """Remember when the episode resolved (first report wins); return that time."""
         key = self._k("resolved", investigation_id)

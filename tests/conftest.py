@@ -29,6 +29,7 @@ from holmes_stream.devstack.stack import LocalStack
 from holmes_stream.settings import (
     ApiSettings,
     AuthSettings,
+    RateLimitSettings,
     KafkaSettings,
     LLMSettings,
     RedisSettings,
@@ -100,6 +101,8 @@ def make_settings(
         api=ApiSettings(port=free_port(), sse_keepalive_seconds=1.0),
         # Tests of the service run without credentials; tests/test_http_auth.py turns auth on.
         auth=AuthSettings(mode="disabled"),
+        # Load-shaped tests submit hundreds of requests; the rate-limit tests turn it on.
+        ratelimit=RateLimitSettings(enabled=False),
     )
 
 

@@ -7,11 +7,16 @@ import json
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import connect
 
 from holmes_stream.settings import Settings
+from tests import test_engine_config
 from tests.conftest import fresh, load_fixture, make_settings
-from tests.test_engine_config import start_engine_worker, wait_terminal  # noqa: F401
+from tests.test_engine_config import wait_terminal
 from tests.test_spine import read_sse
+
+# Workers whose engine is built as in production (Redis-backed breakers, catalog snapshot).
+start_engine_worker = test_engine_config.start_engine_worker
 
 
 async def ask(client: httpx.AsyncClient, investigation_id: str, message: str) -> dict[str, Any]:
@@ -34,7 +39,7 @@ def answer_of(events: list[dict[str, str]], turn: str) -> dict[str, Any]:
 
 
 async def test_two_turn_chat_continues_the_conversation(
-    stack, uid: str, scripted_llm_factory, start_engine_worker, start_api  # noqa: F811
+    stack, uid: str, scripted_llm_factory, start_engine_worker, start_api
 ) -> None:
     llm = scripted_llm_factory()
     settings: Settings = make_settings(stack, uid, llm.api_base)
@@ -70,17 +75,20 @@ async def test_two_turn_chat_continues_the_conversation(
         answer2 = answer_of(events2, turn2["turn"])
         assert "Previously concluded: ## Analysis of FollowUpOne" in answer2["answer"]
 
-        transcript = (await client.get(f"/api/v1/investigations/{investigation_id}/messages")).json()
+        transcript = (
+            await client.get(f"/api/v1/investigations/{investigation_id}/messages")
+        ).json()
         assert [t["turn"] for t in transcript["turns"]] == [turn1["turn"], turn2["turn"]]
         assert [t["status"] for t in transcript["turns"]] == ["completed", "completed"]
         assert transcript["turns"][1]["answer"] == answer2["answer"]
 
-        # The investigation's own stream replays everything, turns included, in order.
+        # The investigation's own stream replays everything, turns included, in order (once
+        # finished for longer than the keep-alive; before that it ends at its terminal event).
+        await asyncio.sleep(settings.api.sse_keepalive_seconds + 0.2)
         everything = await read_sse(f"{api}/api/v1/investigations/{investigation_id}/events")
         kinds = [e["event"] for e in everything]
-        assert kinds.count("chat_completed") == 2 and kinds.index("completed") < kinds.index(
-            "chat_started"
-        )
+        assert kinds.count("chat_completed") == 2, " ".join(kinds)
+        assert kinds.index("completed") < kinds.index("chat_started"), kinds
 
         # With Accept: text/event-stream the POST itself streams the turn.
         streamed: list[str] = []
@@ -98,7 +106,7 @@ async def test_two_turn_chat_continues_the_conversation(
 
 
 async def test_follow_ups_are_refused_while_running_or_without_a_conversation(
-    stack, uid: str, scripted_llm_factory, start_engine_worker, start_api  # noqa: F811
+    stack, uid: str, scripted_llm_factory, start_engine_worker, start_api
 ) -> None:
     llm = scripted_llm_factory(latency_seconds=0.5)
     settings = make_settings(stack, uid, llm.api_base)
@@ -121,9 +129,25 @@ async def test_follow_ups_are_refused_while_running_or_without_a_conversation(
         assert busy.status_code == 409 and "still running" in busy.text
         await read_sse(first["events_url"])
 
+        # The same conversation over one WebSocket: errors as frames, then a turn's events.
+        async with connect(api.replace("http://", "ws://") + "/api/v1/chat/ws") as socket:
+            await socket.send(json.dumps({"investigation_id": "nope", "message": "Hi?"}))
+            error = json.loads(await socket.recv())
+            assert error["type"] == "error" and error["status"] == 404
+            frame = {"investigation_id": investigation_id, "message": "Over the socket?"}
+            await socket.send(json.dumps(frame))
+            accepted = json.loads(await socket.recv())
+            assert accepted["type"] == "accepted"
+            kinds = []
+            while not kinds or kinds[-1] not in ("chat_completed", "chat_failed"):
+                message = json.loads(await asyncio.wait_for(socket.recv(), 30))
+                if message["type"] == "event":
+                    assert message["event"]["payload"]["turn"] == accepted["turn"]
+                    kinds.append(message["event"]["type"])
+            assert kinds[0] == "chat_started" and kinds[-1] == "chat_completed"
+
         await runtime.redis.delete(f"{settings.redis.key_prefix}conv:{investigation_id}")
         expired = await client.post(
             f"/api/v1/investigations/{investigation_id}/messages", json={"message": "Still?"}
         )
         assert expired.status_code == 409 and "no conversation" in expired.text
-        await asyncio.sleep(0)

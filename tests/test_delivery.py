@@ -66,12 +66,23 @@ async def send(producer: AIOKafkaProducer, topic: str, payloads: list[Any]) -> N
 async def test_kill_9_with_200_in_flight_loses_nothing(
     stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory
 ) -> None:
-    # A slow LLM keeps investigations in flight long enough for 200 to overlap.
-    llm = scripted_llm_factory(latency_seconds=4.0)
+    # A very slow LLM keeps every investigation in flight until the kill, however slowly
+    # a loaded machine consumes; after the kill the LLM answers quickly again.
+    llm = scripted_llm_factory(latency_seconds=60.0)
     settings = make_settings(
         stack, uid, llm.api_base, max_in_flight=256, llm_threads=256, claim_lease_seconds=5
     )
     worker = ServiceProcess("worker", settings_env(settings), ARTIFACTS / f"kill9-{uid}")
+    try:
+        await _kill_9_and_recover(settings, worker, producer, llm)
+    finally:
+        worker.stop()
+
+
+async def _kill_9_and_recover(
+    settings: Settings, worker: ServiceProcess, producer: AIOKafkaProducer, llm: Any
+) -> None:
+    uid = settings.kafka.group_id.removeprefix("group-")
     worker.start()
     n = 250
     await send(producer, settings.kafka.alerts_topic, [firing_alert(uid, i) for i in range(n)])
@@ -79,8 +90,9 @@ async def test_kill_9_with_200_in_flight_loses_nothing(
     deadline = time.monotonic() + 120
     while await count_keys(settings.redis.url, f"{settings.redis.key_prefix}lease:*") < 200:
         assert time.monotonic() < deadline, "the worker never had 200 investigations in flight"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)
     worker.kill()
+    llm.configure(latency_seconds=0.2)
     killed_at = time.monotonic()
     before = await all_records(settings)
     unfinished = sum(1 for r in before if not r.status.terminal)
@@ -240,15 +252,17 @@ async def test_two_workers_share_partitions_and_a_stopped_one_hands_over(
     run_dir = ARTIFACTS / f"pair-{uid}"
     first = ServiceProcess("worker", settings_env(settings), run_dir, name="first")
     second = ServiceProcess("worker", settings_env(settings), run_dir, name="second")
-    first.start()
-    second.start()
-    n = 60
-    await send(producer, settings.kafka.alerts_topic, [firing_alert(uid, i) for i in range(n)])
-    await wait_for_records(settings, 10)
-    first.stop()  # SIGTERM: a short grace, then its partitions move to the second worker
-
-    records = await wait_for_records(settings, n)
-    second.stop()
+    try:
+        first.start()
+        second.start()
+        n = 60
+        await send(producer, settings.kafka.alerts_topic, [firing_alert(uid, i) for i in range(n)])
+        await wait_for_records(settings, 10)
+        first.stop()  # SIGTERM: a short grace, then its partitions move to the second worker
+        records = await wait_for_records(settings, n)
+    finally:
+        first.stop()
+        second.stop()
     assert len(records) == n
     assert {r.status for r in records} == {"completed"}
     # Only what the stopped worker left unfinished may have run again.
@@ -285,3 +299,25 @@ async def test_an_llm_failing_30_percent_ends_every_alert_completed_or_dead_lett
     print(
         f"\n30 % LLM failures: {statuses.count('completed')} completed, {len(dead)} dead-lettered"
     )
+
+
+async def test_the_in_flight_limit_pauses_fetching_and_everything_still_completes(
+    stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory, start_worker
+) -> None:
+    llm = scripted_llm_factory(latency_seconds=0.5)
+    settings = make_settings(stack, uid, llm.api_base, max_in_flight=3)
+    await start_worker(settings)
+    n = 12
+    await send(producer, settings.kafka.alerts_topic, [firing_alert(uid, i) for i in range(n)])
+
+    most = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        running = await count_keys(settings.redis.url, f"{settings.redis.key_prefix}lease:*")
+        most = max(most, running)
+        done = [r for r in await all_records(settings) if r.status.terminal]
+        if len(done) == n:
+            break
+        await asyncio.sleep(0.05)
+    assert len(done) == n
+    assert 1 <= most <= 3, most

@@ -98,13 +98,19 @@ async def investigate(
 
 
 async def test_failover_moves_to_the_next_model_and_records_why(
-    stack, uid: str, scripted_llm_factory, producer: AIOKafkaProducer, start_engine_worker, monkeypatch
+    stack,
+    uid: str,
+    scripted_llm_factory,
+    producer: AIOKafkaProducer,
+    start_engine_worker,
+    monkeypatch,
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-test")
     down = scripted_llm_factory(down=True)
     limited = scripted_llm_factory(fail_rate=1, fail_statuses=[429])
     healthy = scripted_llm_factory()
     models = [
+        entry("keyless", healthy, api_key_env="HS_TEST_VARIABLE_NOBODY_SETS"),
         entry("primary", down, api_key_env=KEY_ENV),
         entry("secondary", limited, api_key_env=KEY_ENV),
         entry(
@@ -124,13 +130,17 @@ async def test_failover_moves_to_the_next_model_and_records_why(
     result = record.result
     assert result is not None
     assert result.model == "tertiary" and result.provider_model == healthy.model
-    assert [f.model for f in result.failover] == ["primary", "secondary"]
-    assert "503" in result.failover[0].error or "ServiceUnavailable" in result.failover[0].error
-    assert "429" in result.failover[1].error or "RateLimit" in result.failover[1].error
+    assert [f.model for f in result.failover] == ["keyless", "primary", "secondary"]
+    keyless, unavailable, limited_error = (f.error for f in result.failover)
+    assert keyless == "HS_TEST_VARIABLE_NOBODY_SETS, the API key of keyless, is not set"
+    assert "503" in unavailable or "ServiceUnavailable" in unavailable
+    assert "429" in limited_error or "RateLimit" in limited_error
     assert result.cost > 0  # priced by the entry's per-token prices
     assert down.stats()["requests"] == 1 and limited.stats()["requests"] == 1
+    assert healthy.stats()["requests"] == 2  # the keyless entry never called it
     events = await runtime.store.events_after(record.id, 0)
-    assert [e.payload["model"] for e in events if e.type == "failover"] == ["primary", "secondary"]
+    failed_over = [e.payload["model"] for e in events if e.type == "failover"]
+    assert failed_over == ["keyless", "primary", "secondary"]
     # One attempt: the failover happened inside it, not through the service's retries.
     assert record.attempts == 1
 
@@ -196,9 +206,7 @@ async def test_catalog_lists_models_and_toolsets_without_secrets_and_requests_st
         entry("env", llm, api_key_env=KEY_ENV),
         entry("file", llm, api_key_file=key_file),
     ]
-    settings = with_models(
-        make_settings(stack, uid), models, custom_toolset_files=[toolsets_file]
-    )
+    settings = with_models(make_settings(stack, uid), models, custom_toolset_files=[toolsets_file])
     runtime = await start_engine_worker(settings)
     api = await start_api(settings, runtime)
 
@@ -258,7 +266,7 @@ def test_model_list_settings_from_the_environment(monkeypatch, tmp_path: Path) -
     monkeypatch.setenv("HOLMES_STREAM_LLM__TOOLSETS", '{"kubernetes/core":{"enabled":true}}')
     monkeypatch.setenv("HOLMES_STREAM_LLM__CUSTOM_TOOLSET_FILES", '["/etc/holmes/toolsets.yaml"]')
     monkeypatch.setenv("HOLMES_STREAM_LLM__BREAKER_FAILURES", "5")
-    settings = Settings()
+    settings = Settings.model_validate({})
     entries = settings.llm.model_entries()
     assert [e.name for e in entries] == ["primary", "fallback"]
     assert entries[1].temperature == 0.2 and entries[1].output_cost_per_token == 1.5e-05
@@ -268,7 +276,7 @@ def test_model_list_settings_from_the_environment(monkeypatch, tmp_path: Path) -
     # The single-model shorthand still works and names the model after itself.
     monkeypatch.delenv("HOLMES_STREAM_LLM__MODELS")
     monkeypatch.setenv("HOLMES_STREAM_LLM__MODEL", "openai/gpt-4o-mini")
-    [only] = Settings().llm.model_entries()
+    [only] = Settings.model_validate({}).llm.model_entries()
     assert only.name == only.model == "openai/gpt-4o-mini"
 
 

@@ -27,7 +27,9 @@ KEYS = {
 }
 
 
-def token(key: Any = SECRET, alg: str = "HS256", headers: dict[str, Any] | None = None, **claims: Any) -> str:
+def token(
+    key: Any = SECRET, alg: str = "HS256", headers: dict[str, Any] | None = None, **claims: Any
+) -> str:
     body = {
         "sub": "alice",
         "iss": ISSUER,
@@ -35,7 +37,9 @@ def token(key: Any = SECRET, alg: str = "HS256", headers: dict[str, Any] | None 
         "exp": int(time.time()) + 300,
         "scope": "investigations:read investigations:write",
     } | claims
-    return jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers=headers)
+    return jwt.encode(
+        {k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers=headers
+    )
 
 
 def bearer(value: str) -> dict[str, str]:
@@ -85,7 +89,13 @@ async def test_authentication_matrix(stack, uid: str, start_api, rsa_key) -> Non
             "no audience": bearer(token(aud=None)),
             "wrong issuer": bearer(token(iss="https://evil.example")),
             "wrong secret": bearer(token(key="another-secret-of-at-least-32-bytes")),
-            "alg none": bearer(jwt.encode({"sub": "x", "aud": AUDIENCE, "iss": ISSUER, "exp": int(time.time()) + 60}, None, algorithm="none")),
+            "alg none": bearer(
+                jwt.encode(
+                    {"sub": "x", "aud": AUDIENCE, "iss": ISSUER, "exp": int(time.time()) + 60},
+                    None,
+                    algorithm="none",
+                )
+            ),
             "rs256 unknown kid": bearer(token(private, "RS256", headers={"kid": "k9"})),
         }
         for name, headers in unauthorized.items():
@@ -137,7 +147,9 @@ async def test_tenants_are_isolated(stack, uid: str, start_api) -> None:
         b_id = theirs.json()["investigations"][0]["id"]
         assert b_id.startswith("globex.") and b_id != inv
 
-        assert (await client.get(f"/api/v1/investigations/{inv}", headers=a)).json()["tenant"] == "acme"
+        assert (await client.get(f"/api/v1/investigations/{inv}", headers=a)).json()[
+            "tenant"
+        ] == "acme"
         for request in (
             client.get(f"/api/v1/investigations/{inv}", headers=b),
             client.post(f"/api/v1/investigations/{inv}/cancel", headers=b),
@@ -154,38 +166,62 @@ async def test_tenants_are_isolated(stack, uid: str, start_api) -> None:
         sneaky = await client.get("/api/v1/investigations", params={"tenant": "acme"}, headers=b)
         assert sneaky.status_code == 403
         # A token without a tenant sees only untenanted investigations.
-        assert (await client.get("/api/v1/investigations", headers=bearer(token()))).json()["items"] == []
-        assert (await client.get(f"/api/v1/investigations/{inv}", headers=bearer(token()))).status_code == 404
+        assert (await client.get("/api/v1/investigations", headers=bearer(token()))).json()[
+            "items"
+        ] == []
+        assert (
+            await client.get(f"/api/v1/investigations/{inv}", headers=bearer(token()))
+        ).status_code == 404
 
         everything = (await client.get("/api/v1/investigations", headers=admin)).json()["items"]
         assert {r["id"] for r in everything} == {inv, b_id}
-        only_acme = (await client.get("/api/v1/investigations", params={"tenant": "acme"}, headers=admin)).json()
+        only_acme = (
+            await client.get("/api/v1/investigations", params={"tenant": "acme"}, headers=admin)
+        ).json()
         assert [r["id"] for r in only_acme["items"]] == [inv]
 
         # A tenant cannot submit on behalf of another; the JWT's tenant claim counts like a key's.
         request = {"kind": "investigation_request", "alert": alert, "tenant": "globex"}
-        assert (await client.post("/api/v1/investigations", json=request, headers=a)).status_code == 403
+        assert (
+            await client.post("/api/v1/investigations", json=request, headers=a)
+        ).status_code == 403
         claim = bearer(token(tenant="acme"))
         assert (await client.get(f"/api/v1/investigations/{inv}", headers=claim)).status_code == 200
-        assert (await client.get(f"/api/v1/investigations/{b_id}", headers=claim)).status_code == 404
+        assert (
+            await client.get(f"/api/v1/investigations/{b_id}", headers=claim)
+        ).status_code == 404
 
         # Page tokens: read-only, one investigation, never a bearer token.
         issued = await client.post(f"/api/v1/investigations/{inv}/access-token", headers=a)
         assert issued.status_code == 201, issued.text
         page = issued.json()
-        assert page["page_url"].endswith(f"/ui/investigations/{inv}?access_token={page['access_token']}")
+        assert page["page_url"].endswith(
+            f"/ui/investigations/{inv}?access_token={page['access_token']}"
+        )
         q = {"access_token": page["access_token"]}
         assert (await client.get(f"/api/v1/investigations/{inv}", params=q)).status_code == 200
         assert (await client.get(f"/api/v1/investigations/{b_id}", params=q)).status_code == 403
         assert (await client.get("/api/v1/investigations", params=q)).status_code == 401
-        assert (await client.post(f"/api/v1/investigations/{inv}/cancel", params=q)).status_code == 401
-        assert (await client.get(f"/api/v1/investigations/{inv}", headers=bearer(page["access_token"]))).status_code == 401
-        assert await _sse_status(f"{api}/api/v1/investigations/{inv}/events?access_token={page['access_token']}", {}) == 200
-        assert (await client.post(f"/api/v1/investigations/{inv}/cancel", headers=a)).status_code == 202
+        assert (
+            await client.post(f"/api/v1/investigations/{inv}/cancel", params=q)
+        ).status_code == 401
+        assert (
+            await client.get(f"/api/v1/investigations/{inv}", headers=bearer(page["access_token"]))
+        ).status_code == 401
+        assert (
+            await _sse_status(
+                f"{api}/api/v1/investigations/{inv}/events?access_token={page['access_token']}", {}
+            )
+            == 200
+        )
+        assert (
+            await client.post(f"/api/v1/investigations/{inv}/cancel", headers=a)
+        ).status_code == 202
 
 
 async def test_two_replicas_enforce_one_rate_limit(stack, uid: str, start_api) -> None:
     settings = secured(stack, uid)
+    settings.ratelimit.enabled = True
     settings.ratelimit.routes = {"GET /api/v1/investigations": 6}
     other = settings.model_copy(deep=True)
     other.api.port = free_port()
@@ -204,7 +240,9 @@ async def test_two_replicas_enforce_one_rate_limit(stack, uid: str, start_api) -
         assert 1 <= int(limited.headers["retry-after"]) <= 60
         assert "6 requests per 60s" in limited.json()["detail"]
         # Another principal, and another route of the same principal, have their own budgets.
-        assert (await client.get(f"{first}/api/v1/investigations", headers={"X-API-Key": "key-b"})).status_code == 200
+        assert (
+            await client.get(f"{first}/api/v1/investigations", headers={"X-API-Key": "key-b"})
+        ).status_code == 200
         assert (await client.get(f"{second}/api/v1/investigations/x", headers=a)).status_code == 404
         ok = await client.get(f"{first}/api/v1/investigations", headers={"X-API-Key": "key-b"})
         assert ok.headers["ratelimit-limit"] == "6" and ok.headers["ratelimit-remaining"] == "4"
@@ -228,3 +266,23 @@ def test_auth_defaults_to_required_and_disabled_is_loud() -> None:
         logger.removeHandler(handler)
     assert len(records) == 1 and records[0].levelno == logging.WARNING
     assert "AUTHENTICATION IS DISABLED" in records[0].getMessage()
+
+
+def test_rs256_public_key_file_and_no_hs256_without_its_secret(tmp_path: Path, rsa_key) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from holmes_stream.auth import Authenticator, AuthError
+
+    private, _ = rsa_key
+    pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "key.pem").write_bytes(pem)
+    auth = Authenticator(
+        AuthSettings(jwt_public_key_file=tmp_path / "key.pem", audience=AUDIENCE, issuer=ISSUER)
+    )
+    principal = auth.authenticate(f"Bearer {token(private, 'RS256', tenant='acme')}", None, None)
+    assert principal.tenant == "acme" and principal.allows("investigations:write")
+    assert not principal.is_admin
+    with pytest.raises(AuthError):
+        auth.authenticate(f"Bearer {token(SECRET)}", None, None)  # no HS256 secret configured

@@ -1,4 +1,4 @@
-"""Server-Sent Events: resume on another replica, keep-alives, closing, and one reader per process."""
+"""Server-Sent Events: resume on another replica, keep-alives, closing, one reader per process."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from tests.conftest import free_port, fresh, load_fixture
 
 
 async def read_sse(
-    url: str, headers: dict[str, str] | None = None, stop_after: int | None = None, timeout: float = 20
+    url: str,
+    headers: dict[str, str] | None = None,
+    stop_after: int | None = None,
+    timeout: float = 20,
 ) -> tuple[list[dict[str, str]], int, bool]:
     """(events, keep-alive comments, whether the server ended the stream)."""
     events: list[dict[str, str]] = []
@@ -51,7 +54,10 @@ async def read_sse(
 
 async def submit(api: str, uid: str, tag: str) -> str:
     async with httpx.AsyncClient(timeout=30) as client:
-        r = await client.post(f"{api}/api/v1/investigations", json=fresh(load_fixture("single-alert.json"), f"{uid}{tag}"))
+        r = await client.post(
+            f"{api}/api/v1/investigations",
+            json=fresh(load_fixture("single-alert.json"), f"{uid}{tag}"),
+        )
         assert r.status_code == 202, r.text
         return str(r.json()["investigations"][0]["id"])
 
@@ -61,7 +67,9 @@ def store_for(settings: Settings) -> RecordStore:
     return RecordStore(redis, settings.redis.key_prefix)
 
 
-async def test_resume_on_another_replica_without_gap_or_duplicate(settings: Settings, uid: str, start_api) -> None:
+async def test_resume_on_another_replica_without_gap_or_duplicate(
+    settings: Settings, uid: str, start_api
+) -> None:
     first = await start_api(settings)
     other = settings.model_copy(deep=True)
     other.api.port = free_port()
@@ -80,7 +88,9 @@ async def test_resume_on_another_replica_without_gap_or_duplicate(settings: Sett
 
         async def write_more() -> None:
             await asyncio.sleep(0.5)
-            await store.append_event(inv, "tool_calling_result", {"tool_name": "kubectl", "status": "success"})
+            await store.append_event(
+                inv, "tool_calling_result", {"tool_name": "kubectl", "status": "success"}
+            )
             await asyncio.sleep(0.3)
             await store.append_event(inv, "completed", {"status": "completed"})
 
@@ -90,13 +100,20 @@ async def test_resume_on_another_replica_without_gap_or_duplicate(settings: Sett
         assert ended  # the terminal event closes the stream
         ids = [int(e["id"]) for e in got + rest]
         assert ids == [1, 2, 3, 4, 5, 6], ids
-        assert [e["event"] for e in rest] == ["ai_message", "start_tool_calling", "tool_calling_result", "completed"]
+        assert [e["event"] for e in rest] == [
+            "ai_message",
+            "start_tool_calling",
+            "tool_calling_result",
+            "completed",
+        ]
         assert json.loads(rest[0]["data"])["payload"] == {"content": "step 2"}
     finally:
         await store.redis.aclose()
 
 
-async def test_keepalive_while_idle_and_finished_replays_then_closes(settings: Settings, uid: str, start_api) -> None:
+async def test_keepalive_while_idle_and_finished_replays_then_closes(
+    settings: Settings, uid: str, start_api
+) -> None:
     api = await start_api(settings)
     inv = await submit(api, uid, "k")
     store = store_for(settings)
@@ -150,7 +167,9 @@ async def _read_for(url: str, seconds: float) -> tuple[list[dict[str, str]], int
     return events, comments
 
 
-async def test_many_clients_share_one_blocking_reader(settings: Settings, uid: str, start_api) -> None:
+async def test_many_clients_share_one_blocking_reader(
+    settings: Settings, uid: str, start_api
+) -> None:
     api = await start_api(settings)
     ids = [await submit(api, uid, f"m{i}") for i in range(2)]
     store = store_for(settings)
@@ -181,7 +200,8 @@ async def test_many_clients_share_one_blocking_reader(settings: Settings, uid: s
             try:
                 await asyncio.wait_for(connected.wait(), 30)
             except TimeoutError:
-                raise AssertionError(f"only {opened} of {clients} connected; {[t.exception() for t in tasks if t.done()][:3]}") from None
+                errors = [t.exception() for t in tasks if t.done()][:3]
+                raise AssertionError(f"only {opened} of {clients} connected: {errors}") from None
             await asyncio.sleep(0.3)
             info: dict[str, Any] = await store.redis.info("clients")
             # One blocked XREAD for the whole process, not one per client.

@@ -68,7 +68,8 @@ def drive(chromium: str, driver_path: str, url: str, screenshot: str) -> dict[st
         return {
             "status": browser.find_element(By.ID, "status").text,
             "events": [
-                li.get_attribute("data-type") for li in browser.find_elements(By.CSS_SELECTOR, "#events li")
+                li.get_attribute("data-type")
+                for li in browser.find_elements(By.CSS_SELECTOR, "#events li")
             ],
             "seqs": [
                 int(li.get_attribute("data-seq") or 0)
@@ -98,10 +99,14 @@ async def test_progress_page_shows_events_and_rendered_analysis(
     headers = {"X-API-Key": "ui-key"}
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:
         submitted = await client.post(
-            "/api/v1/investigations", json=fresh(load_fixture("single-alert.json"), uid), headers=headers
+            "/api/v1/investigations",
+            json=fresh(load_fixture("single-alert.json"), uid),
+            headers=headers,
         )
         inv = submitted.json()["investigations"][0]["id"]
-        page = (await client.post(f"/api/v1/investigations/{inv}/access-token", headers=headers)).json()
+        page = (
+            await client.post(f"/api/v1/investigations/{inv}/access-token", headers=headers)
+        ).json()
         # Without a token the page loads but its data does not.
         assert (await client.get(f"/api/v1/investigations/{inv}")).status_code == 401
 

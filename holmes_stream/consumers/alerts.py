@@ -1,13 +1,17 @@
 """The alerts subscriber: many investigations at once, commits in offset order, backpressure.
 
-FastStream delivers one message at a time per subscriber; the handler only waits for a free
-in-flight slot (so fetching stops when the worker is full) and starts the work as a task.
-Offsets are committed by us (``AckPolicy.MANUAL``), and only up to the lowest unfinished one.
+FastStream delivers what one fetch returned as a batch (its overhead is per batch, not per
+message). A re-send of an episode this process already knows to be finished is settled on the
+spot, without any I/O; every other message becomes a task, and the handler returns. When the worker is full it pauses its partitions (backpressure) rather than
+blocking the handler, so the consumer keeps polling and never outstays ``max.poll.interval.ms``
+however long the LLM takes. Offsets are committed by us (``AckPolicy.MANUAL``), and only up to
+the lowest unfinished one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -21,7 +25,7 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 from holmes_stream import metrics
 from holmes_stream.chat import ChatService, decode_chat
 from holmes_stream.consumers.offsets import OffsetTracker
-from holmes_stream.intake import RejectedMessage, decode_message
+from holmes_stream.intake import AlertWork, RejectedMessage, decode_message
 from holmes_stream.producers.kafka import DeadLetter
 from holmes_stream.service import TRANSIENT_IO, InvestigationService, Source, backoff
 from holmes_stream.settings import Settings
@@ -29,6 +33,8 @@ from holmes_stream.settings import Settings
 log = logging.getLogger(__name__)
 
 _COMMIT_INTERVAL_SECONDS = 0.5
+# Most messages one fetch hands to the handler.
+_MAX_BATCH = 500
 
 
 class Dispatcher:
@@ -38,13 +44,20 @@ class Dispatcher:
         self.chat = ChatService(service, settings.llm.timeout_seconds)
         self.tracker = OffsetTracker()
         self.consumer: AIOKafkaConsumer | None = None
-        self._slots = asyncio.Semaphore(settings.worker.max_in_flight)
+        self._limit = settings.worker.max_in_flight
+        self._paused = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # Fetched beyond the in-flight limit (a batch can hold more): started as slots free up.
+        self._backlog: collections.deque[tuple[Any, Any, list[AlertWork]]] = collections.deque()
         self._closing = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._committer: asyncio.Task[None] | None = None
 
     # -- intake ----------------------------------------------------------------------------
+    async def dispatch_batch(self, records: Any, consumer: AIOKafkaConsumer) -> None:
+        for record in records:
+            await self.dispatch(record, consumer)
+
     async def dispatch(self, record: Any, consumer: AIOKafkaConsumer) -> None:
         self.consumer = consumer
         if self._committer is None:
@@ -52,22 +65,70 @@ class Dispatcher:
         if self._closing.is_set():
             # Shutting down: hold this message (it stays uncommitted and is redelivered).
             await asyncio.Event().wait()
-        await self._slots.acquire()
         metrics.ALERTS_CONSUMED.labels(record.topic).inc()
         tp = TopicPartition(record.topic, record.partition)
         state = self.tracker.begin(tp, record.offset)
-        task = asyncio.create_task(self._process(record))
+        works = self._decode_settled(record)
+        if works is None:
+            # Only re-sends of finished episodes: nothing to do, their outcome is durable.
+            self.tracker.done(state, record.offset)
+            return
+        if len(self._tasks) >= self._limit:
+            self._backlog.append((record, state, works))
+        else:
+            self._start(record, state, works)
+        self._apply_backpressure()
+
+    def _start(self, record: Any, state: Any, works: list[AlertWork]) -> None:
+        task = asyncio.create_task(self._process(record, works))
         self._tasks.add(task)
 
         def finished(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
-            self._slots.release()
             if not t.cancelled() and t.exception() is None:
                 self.tracker.done(state, record.offset)
+            while self._backlog and len(self._tasks) < self._limit and not self._closing.is_set():
+                self._start(*self._backlog.popleft())
+            self._apply_backpressure()
 
         task.add_done_callback(finished)
 
-    async def _process(self, record: Any) -> None:
+    def _decode_settled(self, record: Any) -> list[AlertWork] | None:
+        """The message's alerts, or ``None`` when ``settled_outcome`` knows all their outcomes.
+
+        An empty list: something for ``_process`` to look at (a chat turn, a bad message).
+        """
+        value = record.value
+        try:
+            if decode_chat(value) is not None:
+                return []
+            works = decode_message(value, self.settings.kafka.max_message_bytes)
+        except Exception:  # RejectedMessage or unforeseen: _process decides, as before
+            return []
+        settled = self.service.settled_outcome
+        if all(settled(w) is not None for w in works):
+            return None
+        return works
+
+    def _apply_backpressure(self) -> None:
+        """Pause fetching at the in-flight limit, resume below it."""
+        consumer = self.consumer
+        if consumer is None or self._closing.is_set():
+            return
+        full = len(self._tasks) >= self._limit or bool(self._backlog)
+        if full != self._paused:
+            partitions = consumer.assignment()
+            if full:
+                consumer.pause(*partitions)
+            else:
+                consumer.resume(*partitions)
+            self._paused = full
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        if self._paused and self.consumer is not None:
+            self.consumer.pause(*assigned)
+
+    async def _process(self, record: Any, decoded: list[AlertWork] | None = None) -> None:
         source = Source(
             topic=record.topic,
             partition=record.partition,
@@ -84,7 +145,9 @@ class Dispatcher:
                 if chat is not None:  # a follow-up question on a finished investigation
                     await self.chat.handle(chat, source)
                     return
-                works = decode_message(record.value, self.settings.kafka.max_message_bytes)
+                works = decoded or decode_message(
+                    record.value, self.settings.kafka.max_message_bytes
+                )
                 await asyncio.gather(*(self.service.handle(w, source) for w in works))
                 return
             except RejectedMessage as exc:
@@ -148,6 +211,11 @@ class Dispatcher:
             await self.commit(only=revoked)
         except Exception as exc:
             log.warning("commit on revoke failed: %s", exc)
+        # Not started yet and no longer ours: the partition's next owner gets them.
+        self._backlog = collections.deque(
+            item for item in self._backlog
+            if TopicPartition(item[0].topic, item[0].partition) not in revoked
+        )
         self.tracker.forget(revoked)
 
     # -- shutdown --------------------------------------------------------------------------
@@ -179,7 +247,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.dispatcher.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        return None
+        self.dispatcher.on_assigned(set(assigned))
 
 
 async def _raw_bytes(msg: Any) -> Any:
@@ -202,11 +270,16 @@ def register_alert_subscriber(
         max_partition_fetch_bytes=max(kafka.max_message_bytes * 2, 1_048_576),
         fetch_max_bytes=max(kafka.max_message_bytes * 4, 52_428_800),
         listener=_Rebalance(dispatcher),
+        batch=True,
+        max_records=_MAX_BATCH,
         decoder=_raw_bytes,
-        title="alerts",
-        description="Alertmanager groups, bare alerts or investigation requests",
+        title="alerts:consume",
+        description=(
+            "Alertmanager groups, bare alerts, investigation requests or chat requests"
+            " (follow-up questions on finished investigations)"
+        ),
     )
-    async def on_alert(body: bytes, msg: KafkaMessage) -> None:
-        await dispatcher.dispatch(msg.raw_message, msg.consumer)  # type: ignore[arg-type]
+    async def on_alert(body: list[bytes], msg: KafkaMessage) -> None:
+        await dispatcher.dispatch_batch(msg.raw_message, msg.consumer)  # type: ignore[arg-type]
 
     return on_alert

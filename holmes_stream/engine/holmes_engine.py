@@ -87,6 +87,14 @@ class InvestigationTimeout(TransientEngineError):
     """The investigation exceeded ``LLMSettings.timeout_seconds`` (retryable)."""
 
 
+class ModelUnusable(TransientEngineError):
+    """A model's own configuration fails (its key is missing): the next model may still work.
+
+    When no model of the list is usable the investigation fails permanently: retrying does not
+    fix configuration.
+    """
+
+
 def _prepare_environment(settings: LLMSettings) -> None:
     # Must run before the first holmes/litellm import: litellm would otherwise download its price
     # map at import, and HolmesGPT reads LLM_REQUEST_TIMEOUT into a constant at import.
@@ -176,11 +184,18 @@ class HolmesEngine:
     def warm(self) -> None:
         """Import HolmesGPT, build the config, toolsets and LLMs once, ahead of the first alert."""
         config = self._get_config()
-        ai = self._create_ai(config)
-        if self.fast:
-            from holmes_stream.engine import fastpath
+        executor = self._base_executor(config)
+        for entry in self._models:  # the first usable model warms the shared caches
+            try:
+                ai = self._toolcalling_llm(config, entry, executor)
+            except ModelUnusable as exc:
+                log.warning("model %s is unusable: %s", entry.name, exc)
+                continue
+            if self.fast:
+                from holmes_stream.engine import fastpath
 
-            fastpath.warm(ai, config)
+                fastpath.warm(ai, config)
+            break
         if self._catalog_sink is not None:
             try:
                 self._catalog_sink(self.catalog())
@@ -240,6 +255,7 @@ class HolmesEngine:
         guarded = len(self._models) > 1
         deadline = started + self._settings.timeout_seconds
         failures: list[FailoverAttempt] = []
+        unusable = 0
         for entry in candidates:
             if guarded and not self._breaker.allow(entry.name):
                 failures.append(FailoverAttempt(model=entry.name, error="circuit open: skipped"))
@@ -254,6 +270,13 @@ class HolmesEngine:
                 if guarded:
                     self._breaker.failure(entry.name, str(exc))
                 raise
+            except ModelUnusable as exc:
+                unusable += 1
+                error = _short_error(exc)
+                log.warning("model %s is unusable, failing over: %s", entry.name, error)
+                failures.append(FailoverAttempt(model=entry.name, error=error))
+                emit("failover", {"model": entry.name, "error": error})
+                continue
             except TransientEngineError as exc:
                 error = _short_error(exc)
                 log.warning("model %s failed, failing over: %s", entry.name, error)
@@ -268,6 +291,8 @@ class HolmesEngine:
             result.duration_seconds = round(time.monotonic() - started, 3)
             return result
         summary = "; ".join(f"{f.model}: {f.error}" for f in failures)
+        if unusable == len(candidates):
+            raise PermanentEngineError(f"no configured model is usable ({summary})")
         raise TransientEngineError(f"no model answered ({summary})")
 
     def candidates(self, requested: str | None) -> list[ModelEntry]:
@@ -419,9 +444,15 @@ class HolmesEngine:
         """A ``DefaultLLM`` for one model entry, as HolmesGPT builds one from model_list.yaml."""
         from holmes.core.llm import DefaultLLM
 
+        try:
+            key = entry.key()
+        except OSError as exc:
+            raise ModelUnusable(f"the API key file of {entry.name} is unreadable: {exc}") from exc
+        if key is None and entry.api_key_env:
+            raise ModelUnusable(f"{entry.api_key_env}, the API key of {entry.name}, is not set")
         return DefaultLLM(
             model=entry.model,
-            api_key=entry.key(),
+            api_key=key,
             api_base=entry.api_base,
             api_version=entry.api_version,
             args=llm_args(entry, self._settings),

@@ -14,7 +14,7 @@ from litestar.response import Response
 
 from holmes_stream.auth import WRITE
 from holmes_stream.http.investigations import SubmitResponse, submit_works, works_of
-from holmes_stream.http.security import SECURITY, requires
+from holmes_stream.http.security import SECURITY, principal_of, requires
 from holmes_stream.schemas import AlertGroup
 
 
@@ -38,4 +38,4 @@ class AlertmanagerController(Controller):
         self, request: Request[Any, Any, Any], data: JSONBody[AlertGroup]
     ) -> Response[SubmitResponse]:
         payload = data.model_dump(mode="json")
-        return await submit_works(request, works_of(payload, request.scope["user"]))  # type: ignore[arg-type]
+        return await submit_works(request, works_of(payload, principal_of(request)))

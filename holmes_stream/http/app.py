@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from aiokafka.errors import KafkaError
@@ -20,7 +21,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from holmes_stream.auth import ADMIN, Authenticator
 from holmes_stream.http.alertmanager import AlertmanagerController
 from holmes_stream.http.catalog import CatalogController
-from holmes_stream.http.chat import ChatController
+from holmes_stream.http.chat import ChatController, chat_socket
 from holmes_stream.http.health import HealthController, MetricsController
 from holmes_stream.http.investigations import InvestigationController
 from holmes_stream.http.problems import exception_handlers
@@ -138,16 +139,22 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
     )
 
 
-def build_routes(settings: Settings) -> list[object]:
+def build_routes(settings: Settings) -> list[Any]:
     metrics_guards = [requires(ADMIN)] if settings.auth.protect_metrics else []
     metrics_security = SECURITY if settings.auth.protect_metrics else None
     return [
         InvestigationController,
         ChatController,
+        chat_socket,
         CatalogController,
         AlertmanagerController,
         HealthController,
-        Router("/", route_handlers=[MetricsController], guards=metrics_guards, security=metrics_security),
+        Router(
+            "/",
+            route_handlers=[MetricsController],
+            guards=metrics_guards,
+            security=metrics_security,
+        ),
         UIController,
         static_router,
     ]

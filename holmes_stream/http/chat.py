@@ -15,11 +15,12 @@ from typing import Annotated, Any, cast
 
 from aiokafka.errors import KafkaError
 from faststream.exceptions import IncorrectState
-from litestar import Controller, Request, get, post
+from litestar import Controller, Request, WebSocket, get, post, websocket
 from litestar.datastructures import State
+from litestar.exceptions import WebSocketDisconnect
 from litestar.params import Body, HeaderParameter, PathParameter, QueryParameter
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from holmes_stream import metrics
 from holmes_stream.auth import READ, WRITE, Principal
@@ -118,7 +119,9 @@ class ChatController(Controller):
             stream = turn_stream(
                 state.store, state.sse_hub, _chat(state), record.id, turn, after, keepalive
             )
-            return ServerSentEvent(stream, retry_duration=2000, headers={"X-Accel-Buffering": "no"})
+            return ServerSentEvent(
+                stream, retry_duration=2000, headers={"X-Accel-Buffering": "no"}, status_code=200
+            )
         body = ChatAccepted(
             investigation_id=record.id, turn=turn, after_seq=after, events_url=events_url
         )
@@ -183,14 +186,34 @@ async def turn_stream(
     after: int,
     keepalive: float,
 ) -> AsyncIterator[ServerSentEventMessage]:
-    """The turn's events after ``after``, live until the turn ends."""
+    """The turn's events as Server-Sent Events, live until the turn ends."""
     metrics.SSE_CLIENTS.inc()
+    try:
+        async for event in turn_events(store, hub, chat, investigation_id, turn, after, keepalive):
+            if event is None:
+                yield ServerSentEventMessage(comment="keep-alive")
+            else:
+                yield _message(event)
+    finally:
+        metrics.SSE_CLIENTS.dec()
+
+
+async def turn_events(
+    store: RecordStore,
+    hub: SSEHub,
+    chat: ChatService,
+    investigation_id: str,
+    turn: str,
+    after: int,
+    keepalive: float,
+) -> AsyncIterator[ProgressEvent | None]:
+    """The turn's events after ``after``, live until the turn ends; None while idle."""
     watch = await hub.watch(investigation_id)
     try:
         for event in await store.events_after(investigation_id, after):
             after = event.seq
             if _of_turn(event, turn):
-                yield _message(event)
+                yield event
                 if event.type in TURN_END_EVENTS:
                     return
         while True:
@@ -202,17 +225,85 @@ async def turn_stream(
                     await asyncio.sleep(0.2)
                     for event in await store.events_after(investigation_id, after):
                         if _of_turn(event, turn):
-                            yield _message(event)
+                            yield event
                     return
-                yield ServerSentEventMessage(comment="keep-alive")
+                yield None
                 continue
             if event.seq <= after:
                 continue
             after = event.seq
             if _of_turn(event, turn):
-                yield _message(event)
+                yield event
                 if event.type in TURN_END_EVENTS:
                     return
     finally:
         hub.unwatch(watch)
-        metrics.SSE_CLIENTS.dec()
+
+
+class ChatFrame(BaseModel):
+    """What a WebSocket client sends: one question about one investigation."""
+
+    investigation_id: str = Field(max_length=300)
+    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    model: str | None = None
+
+
+@websocket(
+    "/api/v1/chat/ws",
+    guards=[requires(WRITE)],
+    tags=["chat"],
+    summary="Chat follow-ups over one WebSocket",
+)
+async def chat_socket(socket: WebSocket[Any, Any, Any]) -> None:
+    """Send ``{"investigation_id", "message", "model"?}``; receive ``{"type": "accepted",
+    "turn", ...}``, then the turn's progress events (``{"type": "event", "event": {...}}``) up
+    to ``chat_completed``/``chat_failed``, or ``{"type": "error", "status", "detail"}``. Ask
+    again on the same socket for the next turn. Authentication and tenant isolation are those
+    of the HTTP routes (headers or ``?access_token=`` are checked before the socket opens)."""
+    await socket.accept()
+    state = socket.app.state
+    principal = cast(Principal, socket.scope["user"])
+    chat = _chat(state)
+    keepalive = state.settings.api.sse_keepalive_seconds
+    try:
+        while True:
+            raw = await socket.receive_data(mode="text")
+            try:
+                frame = ChatFrame.model_validate_json(raw)
+                record = await load_visible(state.store, principal, frame.investigation_id)
+                turn, after = await chat.submit(record, frame.message, frame.model)
+            except ValidationError as exc:
+                await _send_error(socket, 422, str(exc.errors()[:3]))
+                continue
+            except Problem as exc:
+                await _send_error(socket, exc.status_code, str(exc.detail))
+                continue
+            except ChatRefused as exc:
+                await _send_error(socket, 409, str(exc))
+                continue
+            except (KafkaError, IncorrectState, TimeoutError, OSError) as exc:
+                await _send_error(socket, 503, f"Kafka did not take the question: {exc!r}")
+                continue
+            await socket.send_json(
+                {
+                    "type": "accepted",
+                    "investigation_id": record.id,
+                    "turn": turn,
+                    "after_seq": after,
+                }
+            )
+            async for event in turn_events(
+                state.store, state.sse_hub, chat, record.id, turn, after, keepalive
+            ):
+                if event is None:
+                    await socket.send_json({"type": "keepalive"})
+                else:
+                    await socket.send_json(
+                        {"type": "event", "event": event.model_dump(mode="json")}
+                    )
+    except WebSocketDisconnect:
+        return
+
+
+async def _send_error(socket: WebSocket[Any, Any, Any], status: int, detail: str) -> None:
+    await socket.send_json({"type": "error", "status": status, "detail": detail})

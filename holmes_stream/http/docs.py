@@ -24,15 +24,16 @@ from holmes_stream.settings import (
 
 def default_settings() -> Settings:
     """Every group at its default, whatever ``HOLMES_STREAM_*`` variables are set."""
-    return Settings(
-        kafka=KafkaSettings(),
-        redis=RedisSettings(),
-        llm=LLMSettings(),
-        worker=WorkerSettings(),
-        api=ApiSettings(),
-        auth=AuthSettings(),
-        ratelimit=RateLimitSettings(),
-    )
+    groups: dict[str, Any] = {
+        "kafka": KafkaSettings.model_validate({}),
+        "redis": RedisSettings.model_validate({}),
+        "llm": LLMSettings.model_validate({}),
+        "worker": WorkerSettings.model_validate({}),
+        "api": ApiSettings.model_validate({}),
+        "auth": AuthSettings.model_validate({}),
+        "ratelimit": RateLimitSettings.model_validate({}),
+    }
+    return Settings(**groups)
 
 
 def openapi_document(settings: Settings | None = None) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from aiokafka.errors import KafkaError
 from faststream.exceptions import IncorrectState
@@ -62,7 +62,7 @@ class AccessTokenResponse(BaseModel):
 
 # ------------------------------------------------------------------------------- helpers
 def _principal(request: Request[Any, Any, Any]) -> Principal:
-    return request.scope["user"]  # type: ignore[no-any-return]
+    return cast(Principal, request.scope["user"])
 
 
 def submission_tenant(principal: Principal, payload: Any) -> str | None:
@@ -185,8 +185,8 @@ class InvestigationController(Controller):
         description=(
             "The body is one of: an Alertmanager webhook v4 group (`alerts` list), a bare"
             " alert (`labels`, `startsAt`, ...), or an explicit request"
-            " `{\"kind\": \"investigation_request\", \"alert\": {...}, \"question\": ...,"
-            " \"model\": ..., \"toolsets\": [...]}`. Answers 202 with the investigation ids"
+            ' `{"kind": "investigation_request", "alert": {...}, "question": ...,'
+            ' "model": ..., "toolsets": [...]}`. Answers 202 with the investigation ids'
             " (deterministic per firing episode, tenant-prefixed for tenant callers) and a"
             " Location header; 503 with Retry-After when Kafka does not take the message."
         ),

@@ -28,7 +28,7 @@ class Problem(HTTPException):
     ) -> None:
         super().__init__(status_code=status, detail=detail, headers=headers)
         self.title = title
-        self.extra = extra
+        self.members = extra  # extra members of the problem document
 
 
 def problem_response(
@@ -39,7 +39,12 @@ def problem_response(
     headers: dict[str, str] | None = None,
     **extra: Any,
 ) -> Response[dict[str, Any]]:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     if instance:
         body["instance"] = instance
     body.update(extra)
@@ -60,7 +65,7 @@ def _title(status: int) -> str:
 
 def _on_problem(request: Request[Any, Any, Any], exc: Problem) -> Response[dict[str, Any]]:
     return problem_response(
-        exc.status_code, exc.title, exc.detail, request.url.path, exc.headers, **exc.extra
+        exc.status_code, exc.title, exc.detail, request.url.path, exc.headers, **exc.members
     )
 
 
@@ -81,9 +86,7 @@ def _on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[di
         errors = _field_errors(exc)
         if errors:
             extra["errors"] = errors
-            detail = "; ".join(
-                f"{_where(e)}: {e.get('message', 'invalid')}" for e in errors[:5]
-            )
+            detail = "; ".join(f"{_where(e)}: {e.get('message', 'invalid')}" for e in errors[:5])
             # An unreadable body is the client's request, a readable but invalid one is content.
             if all(e.get("source") in (None, "body") for e in errors):
                 status, title = 422, "Invalid request body"

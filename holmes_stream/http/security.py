@@ -8,13 +8,13 @@ from typing import Any, cast
 
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MutableScopeHeaders
+from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
-from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from holmes_stream import metrics
-from holmes_stream.auth import AuthError, Authenticator, Principal
+from holmes_stream.auth import Authenticator, AuthError, Principal
 from holmes_stream.http.problems import Problem
 from holmes_stream.ratelimit import Decision, RateLimiter
 from holmes_stream.settings import ApiSettings
@@ -22,7 +22,7 @@ from holmes_stream.settings import ApiSettings
 Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 _RATELIMIT_SCOPE_KEY = "holmes.ratelimit"
-SECURITY = [{"bearer": []}, {"apiKey": []}]
+SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 
 # The progress page: its own script and style only; it talks to this origin only.
 CSP_STRICT = (
@@ -79,7 +79,7 @@ async def _rate_limit(connection: ASGIConnection[Any, Any, Any, Any], principal:
     if principal.kind == "anonymous":
         who = f"ip:{connection.client.host if connection.client else 'unknown'}"
     route = str(connection.scope.get("path_template") or connection.scope["path"])
-    decision = await limiter.hit(who, connection.scope.get("method", "GET"), route)
+    decision = await limiter.hit(who, str(connection.scope.get("method", "GET")), route)
     if decision is None:
         return
     cast(dict[str, Any], connection.scope)[_RATELIMIT_SCOPE_KEY] = decision
@@ -106,7 +106,9 @@ def security_headers_hook(settings: ApiSettings) -> Callable[[Message, Scope], A
         headers.setdefault("Referrer-Policy", "no-referrer")
         headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
         headers.setdefault("Permissions-Policy", "geolocation=(), microphone=(), camera=()")
-        headers.setdefault("Content-Security-Policy", CSP_DOCS if path.startswith("/docs") else CSP_STRICT)
+        headers.setdefault(
+            "Content-Security-Policy", CSP_DOCS if path.startswith("/docs") else CSP_STRICT
+        )
         if settings.hsts_max_age_seconds > 0:
             headers.setdefault(
                 "Strict-Transport-Security",

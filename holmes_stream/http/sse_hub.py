@@ -15,6 +15,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -73,7 +74,7 @@ class SSEHub:
         topic = self._topics.get(investigation_id)
         if topic is None:
             key = self._store._k("ev", investigation_id)
-            last = await self._store.redis.xrevrange(key, count=1)
+            last: Any = await self._store.redis.xrevrange(key, count=1)
             cursor = last[0][0].decode() if last else "0-0"
             topic = self._topics.setdefault(investigation_id, _Topic(key, cursor))
             topic.watches.add(w)
@@ -116,7 +117,7 @@ class SSEHub:
         for topic in self._topics.values():
             streams[topic.key] = topic.cursor
             by_key[topic.key] = topic
-        result = await self._redis.xread(streams, block=self._block_ms, count=500)  # type: ignore[arg-type]
+        result: Any = await self._redis.xread(streams, block=self._block_ms, count=500)  # type: ignore[arg-type]
         for raw_key, rows in result or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             if not rows:

@@ -28,7 +28,9 @@ class UIController(Controller):
         self, investigation_id: Annotated[str, PathParameter(max_length=300)]
     ) -> Response[bytes]:
         html = (STATIC_DIR / "investigation.html").read_bytes()
-        return Response(html, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
+        return Response(
+            html, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"}
+        )
 
 
 static_router = create_static_files_router(

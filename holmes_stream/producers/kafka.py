@@ -51,7 +51,9 @@ class KafkaProducers:
         self.broker = broker
         self.settings = settings
         self.alerts = broker.publisher(
-            settings.alerts_topic, title="alerts", description="Alerts to investigate"
+            settings.alerts_topic,
+            title="alerts:publish",
+            description="Alerts submitted through the API",
         )
         self.results = broker.publisher(
             settings.results_topic,

@@ -1,0 +1,192 @@
+"""Figure 4: alerts that need no LLM, per worker process, beside aiokafka's raw consume rate.
+
+One partition holds blocks of one kind each — duplicates of finished episodes, resolved
+notifications of finished episodes, stale alerts, resolved alerts of unknown episodes — written
+before the worker starts. The worker's committed offset (it commits only after each outcome is
+durable) is sampled every 20 ms; the rate of a block is its size over the time the commit point
+took to cross it (linear interpolation between samples; commits happen every 0.5 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bench.common import (
+    REF_STARTS_AT,
+    CpuMeter,
+    Service,
+    alert_json,
+    create_topics,
+    log,
+    make_settings,
+    produce,
+    summary,
+)
+from holmes_stream.devstack.stack import LocalStack
+from holmes_stream.settings import Settings
+
+EPISODES = 1000  # distinct finished episodes the duplicates and resolved notices belong to
+
+
+async def seed_finished(settings: Settings, n: int) -> list[dict[str, Any]]:
+    """``n`` completed investigations in Redis, as a worker would have left them."""
+    from redis.asyncio import Redis
+
+    from holmes_stream.intake import AlertWork
+    from holmes_stream.schemas import Alert, InvestigationRecord, Status
+    from holmes_stream.schemas.investigations import utcnow
+    from holmes_stream.store import RecordStore
+
+    redis = Redis.from_url(settings.redis.url)
+    store = RecordStore(redis, settings.redis.key_prefix)
+    alerts = [alert_json(f"fp-fin-{i}") for i in range(n)]
+    try:
+        for a in alerts:
+            work = AlertWork(Alert.model_validate(a))
+            record = InvestigationRecord(
+                id=work.investigation_id, episode_key=work.alert.episode_key(),
+                fingerprint=work.alert.identity(), tenant=None, status=Status.COMPLETED,
+                alert=work.alert, finished_at=utcnow(),
+            )
+            await store.create(record)
+    finally:
+        await redis.aclose()
+    return alerts
+
+
+async def raw_consume(bootstrap: str, topic: str, total: int) -> float:
+    """Messages/s of a plain aiokafka consumer reading the whole partition (no group)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest",
+                                max_partition_fetch_bytes=1_048_576 * 2,
+                                fetch_max_bytes=52_428_800)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        seen = 0
+        t0 = time.perf_counter()
+        while seen < total:
+            batch = await consumer.getmany(tp, timeout_ms=500, max_records=10_000)
+            for records in batch.values():
+                for r in records:  # touch every message as a consumer would
+                    _ = r.value
+                seen += sum(len(v) for v in batch.values())
+        return total / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+
+
+async def commit_timeline(bootstrap: str, group: str, topic: str, end: int,
+                          timeout: float) -> list[tuple[float, int]]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    tp = TopicPartition(topic, 0)
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            offsets = await admin.list_consumer_group_offsets(group, partitions=[tp])
+            meta = offsets.get(tp)
+            committed = meta.offset if meta is not None and meta.offset >= 0 else 0
+            now = time.perf_counter()
+            if not samples or committed != samples[-1][1]:
+                samples.append((now, committed))
+            if committed >= end:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        await admin.close()
+    return samples
+
+
+def _time_at(samples: list[tuple[float, int]], offset: int) -> float | None:
+    """When the commit point passed ``offset`` (linear between the samples around it)."""
+    for (t0, o0), (t1, o1) in zip(samples, samples[1:], strict=False):
+        if o0 <= offset <= o1 and o1 > o0:
+            return t0 + (t1 - t0) * (offset - o0) / (o1 - o0)
+    return None
+
+
+def block_rates(samples: list[tuple[float, int]], blocks: list[tuple[str, int, int]]) -> dict[str, float | None]:
+    rates: dict[str, float | None] = {}
+    first_t, first_o = samples[0] if samples else (0.0, 0)
+    for name, start, end in blocks:
+        if start < first_o:  # the first commit landed inside this block: measure from there
+            start_t, start = first_t, first_o
+        else:
+            start_t = _time_at(samples, start)
+        end_t = _time_at(samples, end)
+        rates[name] = (end - start) / (end_t - start_t) if start_t and end_t and end_t > start_t else None
+    return rates
+
+
+async def one_run(stack: LocalStack, work: Path, sizes: dict[str, int], run: int) -> dict[str, Any]:
+    s = make_settings(stack, f"nollm{run}-" + uuid.uuid4().hex[:6], stale_after_seconds=86400)
+    bootstrap = s.kafka.bootstrap_servers
+    await create_topics(bootstrap, [s.kafka.alerts_topic], partitions=1)
+    await create_topics(bootstrap, [s.kafka.results_topic, s.kafka.progress_topic,
+                                    s.kafka.dlq_topic], partitions=4)
+    finished = await seed_finished(s, EPISODES)
+    ended = REF_STARTS_AT.replace(hour=1)
+    makers = {
+        "duplicates": lambda i: finished[i % EPISODES],
+        "resolved (finished episode)": lambda i: {**finished[i % EPISODES], "status": "resolved",
+                                                   "endsAt": ended.isoformat()},
+        "stale (new episode)": lambda i: alert_json(f"fp-stale-{run}-{i}"),
+        "resolved (unknown episode)": lambda i: alert_json(
+            f"fp-orphan-{run}-{i}", status="resolved", ends_at=ended),
+    }
+    values: list[bytes] = []
+    blocks: list[tuple[str, int, int]] = []
+    for name, n in sizes.items():
+        start = len(values)
+        values.extend(json.dumps(makers[name](i)).encode() for i in range(n))
+        blocks.append((name, start, len(values)))
+    await produce(bootstrap, s.kafka.alerts_topic, values, partition=0)
+    raw = [await raw_consume(bootstrap, s.kafka.alerts_topic, len(values))]
+    worker = Service("worker", s, work, f"worker-nollm{run}")
+    worker.start()
+    meter = CpuMeter({"worker": lambda: worker.pids})
+    meter.start()
+    try:
+        samples = await commit_timeline(bootstrap, s.kafka.group_id, s.kafka.alerts_topic,
+                                        len(values), timeout=240)
+    finally:
+        cpu = meter.stop()
+        worker.stop()
+    raw.append(await raw_consume(bootstrap, s.kafka.alerts_topic, len(values)))
+    rates = block_rates(samples, blocks)
+    done = samples[-1][1] if samples else 0
+    log(f"nollm run {run}: {({k: round(v) if v else v for k, v in rates.items()})}, "
+        f"raw {[round(r) for r in raw]}/s, committed {done}/{len(values)}")
+    return {"rates": rates, "raw": raw, "committed": done, "total": len(values),
+            "worker_cpu_seconds": cpu["worker"], "startup_seconds": worker.startup_seconds}
+
+
+async def figure_4(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]:
+    sizes = {
+        "duplicates": 20_000 if quick else 60_000,
+        "resolved (finished episode)": 10_000 if quick else 30_000,
+        "stale (new episode)": 3_000 if quick else 10_000,
+        "resolved (unknown episode)": 3_000 if quick else 10_000,
+    }
+    runs = [await one_run(stack, work, sizes, r) for r in range(1 if quick else 3)]
+    out: dict[str, Any] = {"sizes": sizes, "runs": runs, "episodes": EPISODES}
+    raw_all = [r for run in runs for r in run["raw"]]
+    out["raw"] = summary(raw_all, 0)
+    for name in sizes:
+        vals = [run["rates"][name] for run in runs if run["rates"].get(name)]
+        ratios = [run["rates"][name] / (sum(run["raw"]) / len(run["raw"]))
+                  for run in runs if run["rates"].get(name)]
+        out[name] = {"rate": summary(vals, 0), "ratio_to_raw": summary(ratios, 3)}
+    return out

@@ -1,0 +1,70 @@
+"""Development aid: profile one in-process worker's event-loop thread (cProfile).
+
+    python -m bench.profile_worker [--kind fresh|duplicates|stale] [--n 200]
+
+Starts a private local stack, writes ``n`` alerts, runs the worker until the last offset is
+committed, prints the top functions by own time. Not part of the suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import json
+import pstats
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import alert_json, cleanup, create_topics, make_settings, produce, start_stack
+
+
+async def main(kind: str, n: int, top: int, sort: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka import TopicPartition
+
+    from bench.nollm import seed_finished
+    from holmes_stream.runtime import Runtime
+
+    stack = start_stack(Path(tempfile.mkdtemp(prefix="holmes-prof-")))
+    try:
+        s = make_settings(stack, "prof-" + uuid.uuid4().hex[:6], stale_after_seconds=86400 if kind != "fresh" else 20 * 365 * 86400)
+        await create_topics(s.kafka.bootstrap_servers, [s.kafka.alerts_topic], 1)
+        if kind == "duplicates":
+            fin = await seed_finished(s, 1000)
+            values = [json.dumps(fin[i % 1000]).encode() for i in range(n)]
+        else:
+            values = [json.dumps(alert_json(f"fp-prof-{i}")).encode() for i in range(n)]
+        await produce(s.kafka.bootstrap_servers, s.kafka.alerts_topic, values, partition=0)
+        runtime = Runtime.build(s, worker=True)
+        await runtime.start()
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers)
+        await admin.start()
+        prof = cProfile.Profile()
+        prof.enable()
+        t0 = time.perf_counter()
+        tp = TopicPartition(s.kafka.alerts_topic, 0)
+        while True:
+            got = await admin.list_consumer_group_offsets(s.kafka.group_id, partitions=[tp])
+            if got.get(tp) and got[tp].offset >= n:
+                break
+            await asyncio.sleep(0.1)
+        prof.disable()
+        print(f"{n} {kind} in {time.perf_counter() - t0:.2f}s")
+        await admin.close()
+        await runtime.stop()
+        pstats.Stats(prof).sort_stats(sort).print_stats(top)
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--kind", default="fresh")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--top", type=int, default=45)
+    p.add_argument("--sort", default="tottime")
+    a = p.parse_args()
+    asyncio.run(main(a.kind, a.n, a.top, a.sort))
