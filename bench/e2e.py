@@ -232,9 +232,9 @@ async def check_bodies(
 
 async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    reps = 2 if quick else 5
-    n_worker = 60 if quick else 200
-    n_bare = 30 if quick else 80
+    reps = 2 if quick else 3
+    n_worker = 60 if quick else 150
+    n_bare = 30 if quick else 60
     bare_concurrency = 4
     cores = __import__("os").cpu_count() or 1
     pids = stack_pids(stack)
@@ -339,7 +339,7 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
                 await asyncio.sleep(0.1)
 
         rates = []
-        n3 = 64 * (3 if quick else 5)
+        n3 = 64 * (3 if quick else 4)
         for r in range(reps if not quick else 1):
             res = await run_batch(s3, watcher, n3, f"f3r{r}-{uuid.uuid4().hex[:4]}", sample=sample)
             rates.append(res["rate"])

@@ -175,12 +175,12 @@ async def one_run(stack: LocalStack, work: Path, sizes: dict[str, int], run: int
 
 async def figure_4(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]:
     sizes = {
-        "duplicates": 20_000 if quick else 60_000,
-        "resolved (finished episode)": 10_000 if quick else 30_000,
-        "stale (new episode)": 3_000 if quick else 10_000,
-        "resolved (unknown episode)": 3_000 if quick else 10_000,
+        "duplicates": 20_000 if quick else 50_000,
+        "resolved (finished episode)": 10_000 if quick else 20_000,
+        "stale (new episode)": 2_000 if quick else 4_000,
+        "resolved (unknown episode)": 2_000 if quick else 4_000,
     }
-    runs = [await one_run(stack, work, sizes, r) for r in range(1 if quick else 3)]
+    runs = [await one_run(stack, work, sizes, r) for r in range(1 if quick else 2)]
     out: dict[str, Any] = {"sizes": sizes, "runs": runs, "episodes": EPISODES}
     raw_all = [r for run in runs for r in run["raw"]]
     out["raw"] = summary(raw_all, 0)

@@ -182,6 +182,10 @@ class ChatService:
         rows = await self.store.redis.lrange(self._k("chat", investigation_id), 0, -1)
         return [ChatTurn.model_validate_json(r) for r in rows]
 
+    async def running_turn(self, investigation_id: str) -> str | None:
+        raw = await self.store.redis.get(self._k("chatbusy", investigation_id))
+        return raw.decode() if isinstance(raw, bytes) else raw
+
     async def turn_outcome(self, investigation_id: str, turn: str) -> ChatTurn | None:
         raw = await self.store.redis.get(self._k("turn", investigation_id, turn))
         return None if raw is None else ChatTurn.model_validate_json(raw)

@@ -77,7 +77,17 @@ def _run_workers(settings: Settings, processes: int) -> None:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    children = [ctx.Process(target=_run_worker, args=(settings,)) for _ in range(processes)]
+
+    def child_settings(i: int) -> Settings:
+        # Each process serves its own /health and /metrics: the configured port plus its index.
+        if not settings.worker.health_port:
+            return settings
+        worker = settings.worker.model_copy(update={"health_port": settings.worker.health_port + i})
+        return settings.model_copy(update={"worker": worker})
+
+    children = [
+        ctx.Process(target=_run_worker, args=(child_settings(i),)) for i in range(processes)
+    ]
     for child in children:
         child.start()
 

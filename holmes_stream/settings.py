@@ -109,6 +109,10 @@ class LLMSettings(BaseModel):
         default_factory=list,
         description="`module:attribute` naming a Toolset, a list of them or a factory of either",
     )
+    step_timeout_seconds: float | None = Field(
+        default=None,
+        description="A model with no agent step for this long is left for the next model",
+    )
     breaker_failures: int = Field(
         default=3, description="Consecutive transient failures that open a model's circuit"
     )
@@ -310,6 +314,10 @@ class EnrichmentSettings(BaseModel):
         default=15.0, description="Time limit of one source, retries included"
     )
     max_context_chars: int = Field(default=8000, description="Upper bound of the context as JSON")
+    step_timeout_seconds: float | None = Field(
+        default=None,
+        description="A model with no agent step for this long is left for the next model",
+    )
     breaker_failures: int = Field(default=5, description="Consecutive failures that open a breaker")
     breaker_reset_seconds: float = Field(
         default=30.0, description="How long an open breaker stays open"

@@ -1,7 +1,7 @@
 """One real Kafka broker, one Redis and one scripted LLM per test run; unique names per test.
 
-Where a Docker engine answers, ``HOLMES_STREAM_TEST_STACK=testcontainers`` makes the session use
-testcontainers for Kafka and Redis instead (not available on CI machines, which have no engine).
+The broker is Apache Kafka itself (KRaft, jars from Maven Central) and Redis is redis-server,
+both started by the project's devstack on free loopback ports: no container engine needed.
 """
 
 from __future__ import annotations

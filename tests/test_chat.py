@@ -116,6 +116,11 @@ async def test_follow_ups_are_refused_while_running_or_without_a_conversation(
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:
         submitted = await client.post("/api/v1/investigations", json=alert)
         investigation_id = submitted.json()["investigations"][0]["id"]
+        wrong_model = await client.post(
+            f"/api/v1/investigations/{investigation_id}/messages",
+            json={"message": "done?", "model": "gpt-nope"},
+        )
+        assert wrong_model.status_code == 422 and "not configured" in wrong_model.text
         early = await client.post(
             f"/api/v1/investigations/{investigation_id}/messages", json={"message": "done?"}
         )
@@ -138,7 +143,7 @@ async def test_follow_ups_are_refused_while_running_or_without_a_conversation(
             await socket.send(json.dumps(frame))
             accepted = json.loads(await socket.recv())
             assert accepted["type"] == "accepted"
-            kinds = []
+            kinds: list[str] = []
             while not kinds or kinds[-1] not in ("chat_completed", "chat_failed"):
                 message = json.loads(await asyncio.wait_for(socket.recv(), 30))
                 if message["type"] == "event":

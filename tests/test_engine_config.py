@@ -44,6 +44,37 @@ toolsets:
 """
 
 
+def python_toolsets() -> list[Any]:
+    """A Python toolset factory, as ``HOLMES_STREAM_LLM__PYTHON_TOOLSETS`` names it."""
+    from holmes.core.tools import (
+        StructuredToolResult,
+        StructuredToolResultStatus,
+        Tool,
+        Toolset,
+        ToolsetTag,
+    )
+
+    class Runbook(Tool):
+        def _invoke(self, params: dict, context: Any) -> StructuredToolResult:
+            return StructuredToolResult(
+                status=StructuredToolResultStatus.SUCCESS, data="restart it", params=params
+            )
+
+        def get_parameterized_one_liner(self, params: dict) -> str:
+            return "runbook"
+
+    tool = Runbook(name="runbook_lookup", description="The runbook of an alert", parameters={})
+    return [
+        Toolset(
+            name="test/python",
+            description="A toolset written in Python",
+            enabled=True,
+            tags=[ToolsetTag.CORE],
+            tools=[tool],
+        )
+    ]
+
+
 def entry(name: str, llm: ScriptedLLM, **extra: Any) -> ModelEntry:
     return ModelEntry(name=name, model=llm.model, api_base=llm.api_base, **extra)
 
@@ -143,6 +174,17 @@ async def test_failover_moves_to_the_next_model_and_records_why(
     assert failed_over == ["keyless", "primary", "secondary"]
     # One attempt: the failover happened inside it, not through the service's retries.
     assert record.attempts == 1
+    errors = "holmes_stream_llm_errors_total"
+    assert sample(errors, model="keyless", kind="unusable") >= 1
+    assert sample(errors, model="primary", kind="unavailable") >= 1
+    assert sample(errors, model="secondary", kind="rate_limit") >= 1
+    assert sample("holmes_stream_llm_calls_total", model="tertiary", outcome="ok") >= 2
+
+
+def sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
 async def test_breaker_skips_a_dead_model_and_the_api_shows_it(
@@ -206,7 +248,12 @@ async def test_catalog_lists_models_and_toolsets_without_secrets_and_requests_st
         entry("env", llm, api_key_env=KEY_ENV),
         entry("file", llm, api_key_file=key_file),
     ]
-    settings = with_models(make_settings(stack, uid), models, custom_toolset_files=[toolsets_file])
+    settings = with_models(
+        make_settings(stack, uid),
+        models,
+        custom_toolset_files=[toolsets_file],
+        python_toolsets=["tests.test_engine_config:python_toolsets"],
+    )
     runtime = await start_engine_worker(settings)
     api = await start_api(settings, runtime)
 
@@ -231,6 +278,9 @@ async def test_catalog_lists_models_and_toolsets_without_secrets_and_requests_st
         "investigation_history"
     ]
     assert by_name["test/echo"]["status"] == "enabled"
+    assert by_name["test/python"]["enabled"] and by_name["test/python"]["tools"] == [
+        "runbook_lookup"
+    ]
     assert by_name["test/needs-env"]["status"] == "failed"
     assert "HS_TEST_VARIABLE_NOBODY_SETS" in (by_name["test/needs-env"]["error"] or "")
 
@@ -297,3 +347,57 @@ def test_breaker_opens_then_lets_one_trial_through() -> None:
     assert not breaker.allow("m")  # others wait for it
     breaker.success("m")
     assert breaker.allow("m") and breaker.states(["m"])["m"].state == "closed"
+
+
+def test_a_hanging_model_is_left_for_the_next_one(scripted_llm_factory) -> None:
+    import threading
+    import time
+    from datetime import UTC, datetime
+
+    from holmes_stream.engine.base import EngineRequest
+    from holmes_stream.engine.holmes_engine import HolmesEngine
+    from holmes_stream.schemas import Alert
+
+    hanging = scripted_llm_factory(hang_seconds=5)
+    healthy = scripted_llm_factory()
+    settings = LLMSettings(
+        models=[entry("hanging", hanging, api_key="k"), entry("healthy", healthy, api_key="k")],
+        step_timeout_seconds=1,
+        timeout_seconds=20,
+        max_steps=5,
+    )
+    alert = Alert(labels={"alertname": "Hang"}, startsAt=datetime.now(UTC))
+    engine = HolmesEngine(settings)
+    engine.warm()
+    started = time.monotonic()
+    result = engine.investigate(
+        EngineRequest(investigation_id="hang", alert=alert), lambda *_: None, threading.Event()
+    )
+    assert result.model == "healthy"
+    assert [(f.model, f.error) for f in result.failover] == [
+        ("hanging", "timeout: no agent step for 1s")
+    ]
+    assert time.monotonic() - started < 4  # not the 5 s the hanging model takes
+
+
+def test_kept_conversations_are_bounded() -> None:
+    from holmes_stream.engine.holmes_engine import conversation_of
+
+    messages = [
+        {"role": "system", "content": "You are HolmesGPT." * 100},
+        {"role": "user", "content": "Why?", "token_count": 3},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "x" * 50_000},
+        {"role": "assistant", "content": "Because."},
+    ]
+    kept = conversation_of(messages)
+    assert kept is not None and [m["role"] for m in kept] == [
+        "user",
+        "assistant",
+        "tool",
+        "assistant",
+    ]
+    assert "token_count" not in kept[0] and len(kept[2]["content"]) == 50_000
+    shortened = conversation_of(messages, max_chars=20_000)
+    assert shortened is not None and len(shortened[2]["content"]) < 9_000
+    assert conversation_of(messages, max_chars=100) is None

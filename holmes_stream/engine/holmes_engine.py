@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
+from holmes_stream import metrics
 from holmes_stream.engine.base import (
     ChatEngineRequest,
     EngineCancelled,
@@ -71,6 +72,10 @@ TOOL_OUTPUT_EVENT_CHARS = 2000
 TOOL_OUTPUT_EXCERPT_CHARS = 2000
 AI_MESSAGE_EVENT_CHARS = 8000
 CONTEXT_PROMPT_CHARS = 20000
+# The conversation kept in Redis for chat follow-ups (JSON characters), and what a tool output
+# in it is shortened to when the whole is longer.
+CONVERSATION_MAX_CHARS = 1_000_000
+KEPT_TOOL_OUTPUT_CHARS = 8000
 # How often the waiting thread looks at the cancel event and the deadline.
 POLL_SECONDS = 0.1
 
@@ -85,6 +90,11 @@ ASK_TEMPLATE = (
 
 class InvestigationTimeout(TransientEngineError):
     """The investigation exceeded ``LLMSettings.timeout_seconds`` (retryable)."""
+
+
+class StepTimeout(TransientEngineError):
+    """One agent step (an LLM call or a tool) took longer than ``step_timeout_seconds``: the
+    attempt moves on to the next model."""
 
 
 class ModelUnusable(TransientEngineError):
@@ -267,10 +277,12 @@ class HolmesEngine:
                 )
             except InvestigationTimeout as exc:
                 # The whole attempt's time is spent: no time left for another model.
+                count_llm_error(entry.name, exc)
                 if guarded:
                     self._breaker.failure(entry.name, str(exc))
                 raise
             except ModelUnusable as exc:
+                count_llm_error(entry.name, exc)
                 unusable += 1
                 error = _short_error(exc)
                 log.warning("model %s is unusable, failing over: %s", entry.name, error)
@@ -278,6 +290,7 @@ class HolmesEngine:
                 emit("failover", {"model": entry.name, "error": error})
                 continue
             except TransientEngineError as exc:
+                count_llm_error(entry.name, exc)
                 error = _short_error(exc)
                 log.warning("model %s failed, failing over: %s", entry.name, error)
                 if guarded:
@@ -285,6 +298,10 @@ class HolmesEngine:
                 failures.append(FailoverAttempt(model=entry.name, error=error))
                 emit("failover", {"model": entry.name, "error": error})
                 continue
+            except PermanentEngineError as exc:
+                count_llm_error(entry.name, exc)
+                raise
+            metrics.LLM_CALLS.labels(entry.name, "ok").inc(max(1, result.num_llm_calls))
             if guarded:
                 self._breaker.success(entry.name)
             result.failover = failures
@@ -369,14 +386,20 @@ class HolmesEngine:
     def _next(
         self, events: queue.SimpleQueue[tuple[str, Any]], cancel: threading.Event, deadline: float
     ) -> tuple[str, Any]:
+        stall = self._settings.step_timeout_seconds
+        stalled_at = time.monotonic() + stall if stall else None
         while True:
             if cancel.is_set():
                 raise EngineCancelled("cancelled")
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 raise InvestigationTimeout(
                     f"timeout: investigation exceeded {self._settings.timeout_seconds:g}s"
                 )
+            if stalled_at is not None and now >= stalled_at:
+                # The model (or a tool) hangs: leave it to its request timeout, try the next one.
+                raise StepTimeout(f"timeout: no agent step for {stall:g}s")
             try:
                 return events.get(timeout=min(POLL_SECONDS, remaining))
             except queue.Empty:
@@ -555,6 +578,33 @@ def toolset_catalog(toolsets: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def count_llm_error(model: str, exc: BaseException) -> None:
+    """``holmes_stream_llm_calls_total{outcome="error"}`` and ``..._llm_errors_total{kind}``."""
+    metrics.LLM_CALLS.labels(model, "error").inc()
+    metrics.LLM_ERRORS.labels(model, error_kind(exc)).inc()
+
+
+def error_kind(exc: BaseException) -> str:
+    if isinstance(exc, InvestigationTimeout | StepTimeout):
+        return "timeout"
+    if isinstance(exc, ModelUnusable):
+        return "unusable"
+    cause = exc.__cause__ or exc
+    name = type(cause).__name__
+    status = _status_code(cause)
+    if status == 429 or "RateLimit" in name:
+        return "rate_limit"
+    if "Timeout" in name or isinstance(cause, TimeoutError):
+        return "timeout"
+    if "Connection" in name or isinstance(cause, ConnectionError):
+        return "connection"
+    if (status is not None and status >= 500) or isinstance(exc, TransientEngineError):
+        return "unavailable"
+    if status is not None and 400 <= status < 500:
+        return "client_error"
+    return "other"
+
+
 def _enum_text(value: Any) -> str | None:
     return None if value is None else str(getattr(value, "value", value))
 
@@ -627,17 +677,36 @@ class _ResultCollector:
         return result.with_conversation(conversation_of(self._answer.get("messages")))
 
 
-def conversation_of(messages: Any) -> list[dict[str, Any]] | None:
+def conversation_of(
+    messages: Any, max_chars: int = CONVERSATION_MAX_CHARS
+) -> list[dict[str, Any]] | None:
     """The conversation to keep for follow-ups: JSON-safe, without the system prompt (rebuilt
-    for every turn from the toolsets of the time) and HolmesGPT's token-count cache."""
+    for every turn from the toolsets of the time) and HolmesGPT's token-count cache.
+
+    Bounded: beyond ``max_chars`` (as JSON) tool outputs, the bulk of it, are shortened; a
+    conversation still too long is not kept (a follow-up then answers 409)."""
     if not isinstance(messages, list):
         return None
-    kept = [
-        {k: v for k, v in m.items() if k != "token_count"}
-        for m in messages
-        if isinstance(m, dict) and m.get("role") != "system"
-    ]
-    return cast(list[dict[str, Any]], _json_safe(kept))
+    kept = cast(
+        list[dict[str, Any]],
+        _json_safe(
+            [
+                {k: v for k, v in m.items() if k != "token_count"}
+                for m in messages
+                if isinstance(m, dict) and m.get("role") != "system"
+            ]
+        ),
+    )
+    if len(json.dumps(kept)) <= max_chars:
+        return kept
+    for message in kept:
+        content = message.get("content")
+        if message.get("role") == "tool" and isinstance(content, str):
+            message["content"] = _truncate(content, KEPT_TOOL_OUTPUT_CHARS)
+    if len(json.dumps(kept)) <= max_chars:
+        return kept
+    log.warning("conversation of %d messages too long to keep for follow-ups", len(kept))
+    return None
 
 
 def _tool_output(result: dict[str, Any]) -> str:

@@ -67,6 +67,17 @@ def _chat(state: State) -> ChatService:
     return ChatService(state.service, state.settings.llm.timeout_seconds)
 
 
+def check_model(state: State, model: str | None) -> None:
+    """A follow-up may choose a configured model (by name or litellm model), nothing else."""
+    if model is None:
+        return
+    entries = state.settings.llm.model_entries()
+    if any(model in (e.name, e.model) for e in entries):
+        return
+    allowed = ", ".join(e.name for e in entries)
+    raise Problem(422, "Invalid request", f"model: {model!r} is not configured ({allowed})")
+
+
 def _base_url(request: Request[Any, Any, Any]) -> str:
     public = request.app.state.settings.api.public_url
     return (public or str(request.base_url)).rstrip("/")
@@ -98,6 +109,7 @@ class ChatController(Controller):
         data: Annotated[ChatMessage, Body(description="The follow-up question")],
     ) -> Response[ChatAccepted] | ServerSentEvent:
         record = await load_visible(state.store, _principal(request), investigation_id)
+        check_model(state, data.model)
         try:
             async with asyncio.timeout(state.settings.api.submit_timeout_seconds):
                 turn, after = await _chat(state).submit(record, data.message, data.model)
@@ -220,12 +232,22 @@ async def turn_events(
             try:
                 event = await asyncio.wait_for(watch.queue.get(), keepalive)
             except TimeoutError:
-                if await chat.turn_outcome(investigation_id, turn) is not None:
-                    # Ended; its last event is written after the outcome: replay what is left.
-                    await asyncio.sleep(0.2)
-                    for event in await store.events_after(investigation_id, after):
-                        if _of_turn(event, turn):
-                            yield event
+                ended = await chat.turn_outcome(investigation_id, turn) is not None
+                if not ended and await chat.running_turn(investigation_id) != turn:
+                    # Not running: it ended meanwhile, or there is no such turn.
+                    if await chat.turn_outcome(investigation_id, turn) is None:
+                        return
+                    ended = True
+                if ended:
+                    # Its last event is written just after the outcome: replay up to it.
+                    for _ in range(50):
+                        for event in await store.events_after(investigation_id, after):
+                            after = event.seq
+                            if _of_turn(event, turn):
+                                yield event
+                                if event.type in TURN_END_EVENTS:
+                                    return
+                        await asyncio.sleep(0.1)
                     return
                 yield None
                 continue
@@ -271,6 +293,7 @@ async def chat_socket(socket: WebSocket[Any, Any, Any]) -> None:
             try:
                 frame = ChatFrame.model_validate_json(raw)
                 record = await load_visible(state.store, principal, frame.investigation_id)
+                check_model(state, frame.model)
                 turn, after = await chat.submit(record, frame.message, frame.model)
             except ValidationError as exc:
                 await _send_error(socket, 422, str(exc.errors()[:3]))
