@@ -17,9 +17,9 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from holmes_stream.devstack.kafka import spawn_detached, stop_pid  # noqa: E402
-from holmes_stream.devstack.stack import LocalStack  # noqa: E402
-from holmes_stream.settings import (  # noqa: E402
+from holmes_stream.devstack.kafka import spawn_detached, stop_pid
+from holmes_stream.devstack.stack import LocalStack
+from holmes_stream.settings import (
     ApiSettings,
     AuthSettings,
     KafkaSettings,
@@ -78,7 +78,9 @@ def start_stack(root: Path, **llm_config: Any) -> LocalStack:
     return stack
 
 
-def make_settings(stack: LocalStack, tag: str, llm_api_base: str | None = None, **worker: Any) -> Settings:
+def make_settings(
+    stack: LocalStack, tag: str, llm_api_base: str | None = None, **worker: Any
+) -> Settings:
     endpoints = stack.endpoints()
     return Settings(
         kafka=KafkaSettings(
@@ -168,8 +170,15 @@ def tree(pid: int) -> list[int]:
 class Service:
     """``holmes-stream <role>`` as a child process; ``ready`` waits for every worker process."""
 
-    def __init__(self, role: str, settings: Settings, run_dir: Path, name: str, processes: int = 1,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        role: str,
+        settings: Settings,
+        run_dir: Path,
+        name: str,
+        processes: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.role = role
         self.settings = settings
         self.name = name
@@ -275,8 +284,13 @@ def stack_pids(stack: LocalStack) -> dict[str, Callable[[], list[int]]]:
 REF_STARTS_AT = datetime(2025, 1, 1, 0, 0, tzinfo=UTC)
 
 
-def alert_json(fingerprint: str, *, status: str = "firing", starts_at: datetime = REF_STARTS_AT,
-               ends_at: datetime | None = None) -> dict[str, Any]:
+def alert_json(
+    fingerprint: str,
+    *,
+    status: str = "firing",
+    starts_at: datetime = REF_STARTS_AT,
+    ends_at: datetime | None = None,
+) -> dict[str, Any]:
     """The reference alert of bench/bare_sdk.py with another fingerprint."""
     alert: dict[str, Any] = {
         "status": status,
@@ -304,13 +318,19 @@ async def create_topics(bootstrap: str, topics: Iterable[str], partitions: int) 
         await admin.close()
 
 
-async def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes] | None = None,
-                  partition: int | None = None) -> float:
+async def produce(
+    bootstrap: str,
+    topic: str,
+    values: list[bytes],
+    keys: list[bytes] | None = None,
+    partition: int | None = None,
+) -> float:
     """Send all values (batched, acks=all); seconds taken."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
-                                max_batch_size=1 << 20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=5, max_batch_size=1 << 20
+    )
     await producer.start()
     t0 = time.perf_counter()
     try:

@@ -20,14 +20,14 @@ from bench.common import (
     CpuMeter,
     Service,
     alert_json,
-    started,
     create_topics,
     log,
     make_settings,
-    produce,
     proc_rss_mb,
+    produce,
     settings_env,
     stack_pids,
+    started,
 )
 from holmes_stream.devstack.scripted_llm import ScriptedLLM
 from holmes_stream.devstack.stack import LocalStack
@@ -39,10 +39,14 @@ class Bare:
 
     def __init__(self, settings: Settings, log_file: Path) -> None:
         env = settings_env(settings)
-        self._log = open(log_file, "ab")  # noqa: SIM115
+        self._log = open(log_file, "ab")
         self.proc = subprocess.Popen(
-            [PY, "-m", "bench.bare_runner"], cwd=ROOT, env=env, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=self._log,
+            [PY, "-m", "bench.bare_runner"],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
         )
         t0 = time.perf_counter()
         self._read()
@@ -110,7 +114,11 @@ class ResultWatcher:
 
 
 async def run_batch(
-    settings: Settings, watcher: ResultWatcher, n: int, tag: str, timeout: float = 300,
+    settings: Settings,
+    watcher: ResultWatcher,
+    n: int,
+    tag: str,
+    timeout: float = 300,
     sample: Any = None,
 ) -> dict[str, Any]:
     """Produce ``n`` fresh alerts; seconds until the last result is on the results topic."""
@@ -118,8 +126,12 @@ async def run_batch(
     values = [json.dumps(alert_json(fp)).encode() for fp in fps]
     t0 = time.perf_counter()
     sampler = asyncio.create_task(sample()) if sample else None
-    await produce(settings.kafka.bootstrap_servers, settings.kafka.alerts_topic, values,
-                  keys=[fp.encode() for fp in fps])
+    await produce(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.alerts_topic,
+        values,
+        keys=[fp.encode() for fp in fps],
+    )
     got = await watcher.wait_for(set(fps), timeout)
     wall = time.perf_counter() - t0
     if sampler is not None:
@@ -130,8 +142,12 @@ async def run_batch(
         statuses[rec["status"]] = statuses.get(rec["status"], 0) + 1
         llm_calls += (rec.get("result") or {}).get("num_llm_calls") or 0
     return {
-        "n": n, "received": len(got), "wall": wall, "rate": len(got) / wall,
-        "statuses": statuses, "llm_calls_per_investigation": llm_calls / max(1, len(got)),
+        "n": n,
+        "received": len(got),
+        "wall": wall,
+        "rate": len(got) / wall,
+        "statuses": statuses,
+        "llm_calls_per_investigation": llm_calls / max(1, len(got)),
     }
 
 
@@ -139,7 +155,9 @@ async def run_batch(
 
 # HolmesGPT's user prompt carries the current time; these are the only lines normalised.
 _TIME_PATTERNS = [
-    re.compile(r"(?<=The current UTC date and time are )\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[.\d]*\+00:00"),
+    re.compile(
+        r"(?<=The current UTC date and time are )\d{4}-\d\d-\d\d \d\d:\d\d:\d\d[.\d]*\+00:00"
+    ),
     re.compile(r"(?<=The current UTC timestamp in seconds is )\d+"),
 ]
 
@@ -167,7 +185,11 @@ async def _copy_running_record(settings: Settings, bare_prefix: str, record_id: 
         assert record is not None, "the worker's record is missing"
         running = InvestigationRecord.model_validate(record.model_dump())
         running.status, running.result, running.reason, running.error = (
-            Status.RUNNING, None, None, None)
+            Status.RUNNING,
+            None,
+            None,
+            None,
+        )
         running.finished_at = None
         await RecordStore(redis, bare_prefix).create(running)
     finally:
@@ -187,8 +209,12 @@ async def check_bodies(
     llm.reset()
     llm.configure(record_file=str(worker_file))
     try:
-        await produce(settings.kafka.bootstrap_servers, settings.kafka.alerts_topic,
-                      [json.dumps(ref).encode()], keys=[b"fp-node7"])
+        await produce(
+            settings.kafka.bootstrap_servers,
+            settings.kafka.alerts_topic,
+            [json.dumps(ref).encode()],
+            keys=[b"fp-node7"],
+        )
         got = await watcher.wait_for({"fp-node7"}, 120)
     finally:
         llm.configure(record_file=None)
@@ -200,8 +226,14 @@ async def check_bodies(
     llm.configure(record_file=str(bare_file))
     try:
         result = await asyncio.to_thread(
-            bare.run, n=1, api_base=llm.api_base, concurrency=1, redis_url=settings.redis.url,
-            prefix=bare_prefix, alerts=[ref], warmup=False,
+            bare.run,
+            n=1,
+            api_base=llm.api_base,
+            concurrency=1,
+            redis_url=settings.redis.url,
+            prefix=bare_prefix,
+            alerts=[ref],
+            warmup=False,
         )
     finally:
         llm.configure(record_file=None)
@@ -216,14 +248,22 @@ async def check_bodies(
         for i, (x, y) in enumerate(zip(nw, nb, strict=False)):
             if x[0] != y[0]:
                 k = next((j for j in range(min(len(x[0]), len(y[0]))) if x[0][j] != y[0][j]), 0)
-                diff = {"request": i, "worker": x[0][k - 80:k + 200].decode(errors="replace"),
-                        "bare": y[0][k - 80:k + 200].decode(errors="replace")}
+                diff = {
+                    "request": i,
+                    "worker": x[0][k - 80 : k + 200].decode(errors="replace"),
+                    "bare": y[0][k - 80 : k + 200].decode(errors="replace"),
+                }
                 break
     return {
-        "requests_worker": len(w), "requests_bare": len(b), "bare_errors": result.get("errors"),
-        "bytes_worker": [len(x) for x in w], "bytes_bare": [len(x) for x in b],
-        "identical_raw": raw_equal, "identical_normalised": equal,
-        "timestamps_normalised": [x[1] for x in nw], "first_difference": diff,
+        "requests_worker": len(w),
+        "requests_bare": len(b),
+        "bare_errors": result.get("errors"),
+        "bytes_worker": [len(x) for x in w],
+        "bytes_bare": [len(x) for x in b],
+        "identical_raw": raw_equal,
+        "identical_normalised": equal,
+        "timestamps_normalised": [x[1] for x in nw],
+        "first_difference": diff,
     }
 
 
@@ -242,9 +282,16 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
 
     # ---- figure 1: one worker process vs the bare SDK in one process ------------------------
     s1 = make_settings(stack, "e2e1-" + uuid.uuid4().hex[:6])
-    await create_topics(s1.kafka.bootstrap_servers,
-                        [s1.kafka.alerts_topic, s1.kafka.results_topic, s1.kafka.progress_topic,
-                         s1.kafka.dlq_topic], partitions=nparts)
+    await create_topics(
+        s1.kafka.bootstrap_servers,
+        [
+            s1.kafka.alerts_topic,
+            s1.kafka.results_topic,
+            s1.kafka.progress_topic,
+            s1.kafka.dlq_topic,
+        ],
+        partitions=nparts,
+    )
     bare = started(Bare(s1, work / "bare.log"))
     out["bare_startup_seconds"] = bare.startup_seconds
     worker = Service("worker", s1, work, "worker-1p")
@@ -270,16 +317,30 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
             ours_cpu.append(cpu["worker"] / max(1, res["received"]) * 1000)
             split.append({k: round(v / max(1, res["received"]) * 1000, 2) for k, v in cpu.items()})
             b = await asyncio.to_thread(
-                bare.run, n=n_bare, api_base=stack.llm.api_base, concurrency=bare_concurrency,
-                redis_url=s1.redis.url, prefix=f"barethr{r}:", alerts=bare_alerts)
+                bare.run,
+                n=n_bare,
+                api_base=stack.llm.api_base,
+                concurrency=bare_concurrency,
+                redis_url=s1.redis.url,
+                prefix=f"barethr{r}:",
+                alerts=bare_alerts,
+            )
             ref.append(b.get("investigations_per_second") or 0.0)
             ref_cpu.append(b.get("cpu_ms_per_investigation") or 0.0)
-            log(f"fig1 rep {r}: worker {res['rate']:.1f}/s ({res['statuses']}), "
-                f"bare {ref[-1]:.1f}/s; cpu ms/inv worker {ours_cpu[-1]:.1f} bare {ref_cpu[-1]:.1f}")
+            log(
+                f"fig1 rep {r}: worker {res['rate']:.1f}/s ({res['statuses']}), "
+                f"bare {ref[-1]:.1f}/s; cpu ms/inv worker {ours_cpu[-1]:.1f} bare {ref_cpu[-1]:.1f}"
+            )
         out["fig1"] = {
-            "worker_rate": ours, "bare_rate": ref, "ratio": [a / b for a, b in zip(ours, ref, strict=True) if b],
-            "worker_cpu_ms": ours_cpu, "bare_cpu_ms": ref_cpu, "cpu_split_ms_per_inv": split,
-            "n_worker": n_worker, "n_bare": n_bare, "bare_concurrency": bare_concurrency,
+            "worker_rate": ours,
+            "bare_rate": ref,
+            "ratio": [a / b for a, b in zip(ours, ref, strict=True) if b],
+            "worker_cpu_ms": ours_cpu,
+            "bare_cpu_ms": ref_cpu,
+            "cpu_split_ms_per_inv": split,
+            "n_worker": n_worker,
+            "n_bare": n_bare,
+            "bare_concurrency": bare_concurrency,
             "llm_calls_per_investigation": res["llm_calls_per_investigation"],
         }
         out["rss"] = {"after_start_mb": rss_start, "idle_after_warmup_mb": rss_idle}
@@ -289,9 +350,16 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
 
     # ---- figure 2: one worker process per core ---------------------------------------------------
     s2 = make_settings(stack, "e2e2-" + uuid.uuid4().hex[:6])
-    await create_topics(s2.kafka.bootstrap_servers,
-                        [s2.kafka.alerts_topic, s2.kafka.results_topic, s2.kafka.progress_topic,
-                         s2.kafka.dlq_topic], partitions=nparts)
+    await create_topics(
+        s2.kafka.bootstrap_servers,
+        [
+            s2.kafka.alerts_topic,
+            s2.kafka.results_topic,
+            s2.kafka.progress_topic,
+            s2.kafka.dlq_topic,
+        ],
+        partitions=nparts,
+    )
     multi = Service("worker", s2, work, f"worker-{cores}p", processes=cores)
     multi.start()
     out["startup_multi_seconds"] = multi.startup_seconds
@@ -314,15 +382,30 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
         multi.stop()
 
     # ---- figure 3 (+6): 1 s LLM, 64 in flight, one process ----------------------------------------
-    slow = ScriptedLLM(__import__("bench.common", fromlist=["free_port"]).free_port(),
-                       data_dir=work / "llm-slow", latency_seconds=1.0)
+    slow = ScriptedLLM(
+        __import__("bench.common", fromlist=["free_port"]).free_port(),
+        data_dir=work / "llm-slow",
+        latency_seconds=1.0,
+    )
     started(slow)
     slow.start()
-    s3 = make_settings(stack, "e2e3-" + uuid.uuid4().hex[:6], llm_api_base=slow.api_base,
-                       max_in_flight=64, llm_threads=64)
-    await create_topics(s3.kafka.bootstrap_servers,
-                        [s3.kafka.alerts_topic, s3.kafka.results_topic, s3.kafka.progress_topic,
-                         s3.kafka.dlq_topic], partitions=nparts)
+    s3 = make_settings(
+        stack,
+        "e2e3-" + uuid.uuid4().hex[:6],
+        llm_api_base=slow.api_base,
+        max_in_flight=64,
+        llm_threads=64,
+    )
+    await create_topics(
+        s3.kafka.bootstrap_servers,
+        [
+            s3.kafka.alerts_topic,
+            s3.kafka.results_topic,
+            s3.kafka.progress_topic,
+            s3.kafka.dlq_topic,
+        ],
+        partitions=nparts,
+    )
     worker = Service("worker", s3, work, "worker-slow")
     worker.start()
     startups.append(worker.startup_seconds)
@@ -345,16 +428,29 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
             rates.append(res["rate"])
             log(f"fig3 rep {r}: {res['rate']:.1f}/s ({res['statuses']})")
         llm_seconds = res["llm_calls_per_investigation"] * 1.0
-        out["fig3"] = {"rate": rates, "in_flight": 64, "llm_seconds_per_investigation": llm_seconds,
-                       "n": n3}
+        out["fig3"] = {
+            "rate": rates,
+            "in_flight": 64,
+            "llm_seconds_per_investigation": llm_seconds,
+            "n": n3,
+        }
         out["rss"].update(
-            {"before_64_in_flight_mb": rss_before, "peak_64_in_flight_mb": max(peak),
-             "per_in_flight_mb": (max(peak) - rss_before) / 64})
+            {
+                "before_64_in_flight_mb": rss_before,
+                "peak_64_in_flight_mb": max(peak),
+                "per_in_flight_mb": (max(peak) - rss_before) / 64,
+            }
+        )
         if not quick:
             b = await asyncio.to_thread(
-                bare.run, n=128, api_base=slow.api_base, concurrency=64,
-                redis_url=s3.redis.url, prefix="bareslow:",
-                alerts=[alert_json(f"fp-bslow-{i}") for i in range(128)])
+                bare.run,
+                n=128,
+                api_base=slow.api_base,
+                concurrency=64,
+                redis_url=s3.redis.url,
+                prefix="bareslow:",
+                alerts=[alert_json(f"fp-bslow-{i}") for i in range(128)],
+            )
             out["fig3"]["bare_rate_64_in_flight"] = b.get("investigations_per_second")
             log(f"fig3 bare 64 in flight: {b.get('investigations_per_second')}/s")
     finally:

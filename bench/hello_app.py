@@ -1,6 +1,6 @@
 """The reference of the REST figure: a hello-world Litestar endpoint, served like the API.
 
-    python -m bench.hello_app --port P
+python -m bench.hello_app --port P
 """
 
 from __future__ import annotations

@@ -35,16 +35,24 @@ from holmes_stream.devstack.stack import LocalStack
 
 
 def _loadgen(*args: str, timeout: float = 300) -> dict[str, Any]:
-    out = subprocess.run([PY, "-m", "bench.loadgen", *args], cwd=ROOT, capture_output=True,
-                         timeout=timeout, check=True)
+    out = subprocess.run(
+        [PY, "-m", "bench.loadgen", *args],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=timeout,
+        check=True,
+    )
     return json.loads(out.stdout.decode().strip().splitlines()[-1])
 
 
 class Hello:
     def __init__(self, work: Path) -> None:
         self.port = free_port()
-        self.proc = spawn_detached([PY, "-m", "bench.hello_app", "--port", str(self.port)],
-                                   work / "hello.log", env=settings_env(make_settings_dummy()))
+        self.proc = spawn_detached(
+            [PY, "-m", "bench.hello_app", "--port", str(self.port)],
+            work / "hello.log",
+            env=settings_env(make_settings_dummy()),
+        )
         started(self)
         deadline = time.monotonic() + 30
         while True:
@@ -82,9 +90,14 @@ async def _running_records(settings: Any, n: int) -> list[str]:
     try:
         for i in range(n):
             work = AlertWork(Alert.model_validate(alert_json(f"fp-sse-{uuid.uuid4().hex[:6]}-{i}")))
-            rec = InvestigationRecord(id=work.investigation_id, episode_key=work.alert.episode_key(),
-                                      fingerprint=work.alert.identity(), tenant=None,
-                                      status=Status.RUNNING, alert=work.alert)
+            rec = InvestigationRecord(
+                id=work.investigation_id,
+                episode_key=work.alert.episode_key(),
+                fingerprint=work.alert.identity(),
+                tenant=None,
+                status=Status.RUNNING,
+                alert=work.alert,
+            )
             await store.create(rec)
             ids.append(rec.id)
     finally:
@@ -135,38 +148,95 @@ async def figure_5(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]
     try:
         conns = "32"
         # warm-up both
-        _loadgen("http", "--port", str(s.api.port), "--paths", str(paths_file), "--seconds", "1",
-                 "--connections", conns)
-        _loadgen("http", "--port", str(hello.port), "--paths", str(hello_file), "--seconds", "1",
-                 "--connections", conns)
+        _loadgen(
+            "http",
+            "--port",
+            str(s.api.port),
+            "--paths",
+            str(paths_file),
+            "--seconds",
+            "1",
+            "--connections",
+            conns,
+        )
+        _loadgen(
+            "http",
+            "--port",
+            str(hello.port),
+            "--paths",
+            str(hello_file),
+            "--seconds",
+            "1",
+            "--connections",
+            conns,
+        )
         lookup, ref, ratios = [], [], []
         for r in range(reps):
-            a = _loadgen("http", "--port", str(s.api.port), "--paths", str(paths_file),
-                         "--seconds", str(seconds), "--connections", conns)
-            b = _loadgen("http", "--port", str(hello.port), "--paths", str(hello_file),
-                         "--seconds", str(seconds), "--connections", conns)
+            a = _loadgen(
+                "http",
+                "--port",
+                str(s.api.port),
+                "--paths",
+                str(paths_file),
+                "--seconds",
+                str(seconds),
+                "--connections",
+                conns,
+            )
+            b = _loadgen(
+                "http",
+                "--port",
+                str(hello.port),
+                "--paths",
+                str(hello_file),
+                "--seconds",
+                str(seconds),
+                "--connections",
+                conns,
+            )
             lookup.append(a)
             ref.append(b)
             ratios.append(a["rps"] / b["rps"])
             log(f"fig5 rep {r}: lookup {a['rps']:.0f}/s {a['statuses']}, hello {b['rps']:.0f}/s")
-        out["lookup"] = {"rps": summary([x["rps"] for x in lookup], 0),
-                         "p99_ms": summary([x["p99_ms"] for x in lookup], 2),
-                         "statuses": lookup[-1]["statuses"]}
-        out["hello"] = {"rps": summary([x["rps"] for x in ref], 0),
-                        "p99_ms": summary([x["p99_ms"] for x in ref], 2)}
+        out["lookup"] = {
+            "rps": summary([x["rps"] for x in lookup], 0),
+            "p99_ms": summary([x["p99_ms"] for x in lookup], 2),
+            "statuses": lookup[-1]["statuses"],
+        }
+        out["hello"] = {
+            "rps": summary([x["rps"] for x in ref], 0),
+            "p99_ms": summary([x["p99_ms"] for x in ref], 2),
+        }
         out["lookup_ratio"] = summary(ratios, 3)
         out["connections"] = int(conns)
 
         # submit latency: unique alerts, 16 concurrent clients
         n_submit = 600 if quick else 2000
         bodies = work / "submit-bodies.txt"
-        bodies.write_text("\n".join(
-            json.dumps(alert_json(f"fp-submit-{uuid.uuid4().hex[:8]}-{i}")) for i in range(n_submit)))
-        sub = _loadgen("post", "--port", str(s.api.port), "--path", "/api/v1/investigations",
-                       "--bodies", str(bodies), "--connections", "16", "--seconds", "120")
+        bodies.write_text(
+            "\n".join(
+                json.dumps(alert_json(f"fp-submit-{uuid.uuid4().hex[:8]}-{i}"))
+                for i in range(n_submit)
+            )
+        )
+        sub = _loadgen(
+            "post",
+            "--port",
+            str(s.api.port),
+            "--path",
+            "/api/v1/investigations",
+            "--bodies",
+            str(bodies),
+            "--connections",
+            "16",
+            "--seconds",
+            "120",
+        )
         out["submit"] = sub
-        log(f"fig5 submit: {sub['rps']:.0f}/s p50 {sub['p50_ms']:.1f} ms p99 {sub['p99_ms']:.1f} ms "
-            f"{sub['statuses']}")
+        log(
+            f"fig5 submit: {sub['rps']:.0f}/s p50 {sub['p50_ms']:.1f} ms p99 {sub['p99_ms']:.1f} ms "
+            f"{sub['statuses']}"
+        )
 
         # SSE: 1,000 clients over 100 running investigations (10 each), events every 0.5 s
         n_clients = 1000
@@ -176,9 +246,23 @@ async def figure_5(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]
         ready = work / "sse-ready.txt"
         ready.unlink(missing_ok=True)
         proc = await asyncio.create_subprocess_exec(
-            PY, "-m", "bench.loadgen", "sse", "--port", str(s.api.port), "--ids", str(ids_file),
-            "--clients", str(n_clients), "--ready-file", str(ready), "--timeout", "90",
-            cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+            PY,
+            "-m",
+            "bench.loadgen",
+            "sse",
+            "--port",
+            str(s.api.port),
+            "--ids",
+            str(ids_file),
+            "--clients",
+            str(n_clients),
+            "--ready-file",
+            str(ready),
+            "--timeout",
+            "90",
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+        )
         deadline = time.monotonic() + 90
         while not ready.exists() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

@@ -31,7 +31,7 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     lower = head.lower()
     i = lower.find(b"content-length:")
     if i >= 0:
-        n = int(lower[i + 15: lower.find(b"\r\n", i)])
+        n = int(lower[i + 15 : lower.find(b"\r\n", i)])
         await reader.readexactly(n)
     elif b"transfer-encoding: chunked" in lower:
         while True:
@@ -42,8 +42,9 @@ async def _read_response(reader: asyncio.StreamReader) -> int:
     return status
 
 
-async def http_load(port: int, requests: list[bytes], connections: int, seconds: float,
-                    max_requests: int | None) -> dict[str, Any]:
+async def http_load(
+    port: int, requests: list[bytes], connections: int, seconds: float, max_requests: int | None
+) -> dict[str, Any]:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     counter = {"next": 0}
@@ -69,8 +70,11 @@ async def http_load(port: int, requests: list[bytes], connections: int, seconds:
     await asyncio.gather(*(conn() for _ in range(connections)))
     wall = time.perf_counter() - t0
     return {
-        "requests": len(latencies), "seconds": wall, "rps": len(latencies) / wall,
-        "p50_ms": (_pct(latencies, 50) or 0) * 1000, "p99_ms": (_pct(latencies, 99) or 0) * 1000,
+        "requests": len(latencies),
+        "seconds": wall,
+        "rps": len(latencies) / wall,
+        "p50_ms": (_pct(latencies, 50) or 0) * 1000,
+        "p99_ms": (_pct(latencies, 99) or 0) * 1000,
         "statuses": statuses,
     }
 
@@ -80,13 +84,16 @@ def _get(path: str, port: int) -> bytes:
 
 
 def _post(path: str, port: int, body: bytes) -> bytes:
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
     return head.encode() + body
 
 
-async def sse_clients(port: int, ids: list[str], clients: int, timeout: float,
-                      ready_file: str | None) -> dict[str, Any]:
+async def sse_clients(
+    port: int, ids: list[str], clients: int, timeout: float, ready_file: str | None
+) -> dict[str, Any]:
     """``clients`` streams over ``ids``; delivery latency = arrival − the event's ``at``."""
     latencies: list[float] = []
     connected = 0
@@ -138,9 +145,14 @@ async def sse_clients(port: int, ids: list[str], clients: int, timeout: float,
             f.write(str(connected))
     await asyncio.wait(tasks, timeout=timeout)
     return {
-        "clients": clients, "connected": connected, "finished": finished, "errors": errors,
-        "events": len(latencies), "p50_ms": (_pct(latencies, 50) or 0) * 1000,
-        "p99_ms": (_pct(latencies, 99) or 0) * 1000, "max_ms": (max(latencies or [0])) * 1000,
+        "clients": clients,
+        "connected": connected,
+        "finished": finished,
+        "errors": errors,
+        "events": len(latencies),
+        "p50_ms": (_pct(latencies, 50) or 0) * 1000,
+        "p99_ms": (_pct(latencies, 99) or 0) * 1000,
+        "max_ms": (max(latencies or [0])) * 1000,
     }
 
 

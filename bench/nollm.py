@@ -52,9 +52,13 @@ async def seed_finished(settings: Settings, n: int) -> list[dict[str, Any]]:
         for a in alerts:
             work = AlertWork(Alert.model_validate(a))
             record = InvestigationRecord(
-                id=work.investigation_id, episode_key=work.alert.episode_key(),
-                fingerprint=work.alert.identity(), tenant=None, status=Status.COMPLETED,
-                alert=work.alert, finished_at=utcnow(),
+                id=work.investigation_id,
+                episode_key=work.alert.episode_key(),
+                fingerprint=work.alert.identity(),
+                tenant=None,
+                status=Status.COMPLETED,
+                alert=work.alert,
+                finished_at=utcnow(),
             )
             await store.create(record)
     finally:
@@ -64,10 +68,13 @@ async def seed_finished(settings: Settings, n: int) -> list[dict[str, Any]]:
 
 async def raw_consume(bootstrap: str, topic: str, total: int) -> float:
     """Messages/s of a plain aiokafka consumer reading the whole partition (no group)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest",
-                                max_partition_fetch_bytes=1_048_576 * 2,
-                                fetch_max_bytes=52_428_800)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=1_048_576 * 2,
+        fetch_max_bytes=52_428_800,
+    )
     await consumer.start()
     try:
         tp = TopicPartition(topic, 0)
@@ -86,8 +93,9 @@ async def raw_consume(bootstrap: str, topic: str, total: int) -> float:
         await consumer.stop()
 
 
-async def commit_timeline(bootstrap: str, group: str, topic: str, end: int,
-                          timeout: float) -> list[tuple[float, int]]:
+async def commit_timeline(
+    bootstrap: str, group: str, topic: str, end: int, timeout: float
+) -> list[tuple[float, int]]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     tp = TopicPartition(topic, 0)
@@ -117,7 +125,9 @@ def _time_at(samples: list[tuple[float, int]], offset: int) -> float | None:
     return None
 
 
-def block_rates(samples: list[tuple[float, int]], blocks: list[tuple[str, int, int]]) -> dict[str, float | None]:
+def block_rates(
+    samples: list[tuple[float, int]], blocks: list[tuple[str, int, int]]
+) -> dict[str, float | None]:
     rates: dict[str, float | None] = {}
     first_t, first_o = samples[0] if samples else (0.0, 0)
     for name, start, end in blocks:
@@ -126,7 +136,9 @@ def block_rates(samples: list[tuple[float, int]], blocks: list[tuple[str, int, i
         else:
             start_t = _time_at(samples, start)
         end_t = _time_at(samples, end)
-        rates[name] = (end - start) / (end_t - start_t) if start_t and end_t and end_t > start_t else None
+        rates[name] = (
+            (end - start) / (end_t - start_t) if start_t and end_t and end_t > start_t else None
+        )
     return rates
 
 
@@ -134,17 +146,22 @@ async def one_run(stack: LocalStack, work: Path, sizes: dict[str, int], run: int
     s = make_settings(stack, f"nollm{run}-" + uuid.uuid4().hex[:6], stale_after_seconds=86400)
     bootstrap = s.kafka.bootstrap_servers
     await create_topics(bootstrap, [s.kafka.alerts_topic], partitions=1)
-    await create_topics(bootstrap, [s.kafka.results_topic, s.kafka.progress_topic,
-                                    s.kafka.dlq_topic], partitions=4)
+    await create_topics(
+        bootstrap, [s.kafka.results_topic, s.kafka.progress_topic, s.kafka.dlq_topic], partitions=4
+    )
     finished = await seed_finished(s, EPISODES)
     ended = REF_STARTS_AT.replace(hour=1)
     makers = {
         "duplicates": lambda i: finished[i % EPISODES],
-        "resolved (finished episode)": lambda i: {**finished[i % EPISODES], "status": "resolved",
-                                                   "endsAt": ended.isoformat()},
+        "resolved (finished episode)": lambda i: {
+            **finished[i % EPISODES],
+            "status": "resolved",
+            "endsAt": ended.isoformat(),
+        },
         "stale (new episode)": lambda i: alert_json(f"fp-stale-{run}-{i}"),
         "resolved (unknown episode)": lambda i: alert_json(
-            f"fp-orphan-{run}-{i}", status="resolved", ends_at=ended),
+            f"fp-orphan-{run}-{i}", status="resolved", ends_at=ended
+        ),
     }
     values: list[bytes] = []
     blocks: list[tuple[str, int, int]] = []
@@ -159,18 +176,27 @@ async def one_run(stack: LocalStack, work: Path, sizes: dict[str, int], run: int
     meter = CpuMeter({"worker": lambda: worker.pids})
     meter.start()
     try:
-        samples = await commit_timeline(bootstrap, s.kafka.group_id, s.kafka.alerts_topic,
-                                        len(values), timeout=240)
+        samples = await commit_timeline(
+            bootstrap, s.kafka.group_id, s.kafka.alerts_topic, len(values), timeout=240
+        )
     finally:
         cpu = meter.stop()
         worker.stop()
     raw.append(await raw_consume(bootstrap, s.kafka.alerts_topic, len(values)))
     rates = block_rates(samples, blocks)
     done = samples[-1][1] if samples else 0
-    log(f"nollm run {run}: {({k: round(v) if v else v for k, v in rates.items()})}, "
-        f"raw {[round(r) for r in raw]}/s, committed {done}/{len(values)}")
-    return {"rates": rates, "raw": raw, "committed": done, "total": len(values),
-            "worker_cpu_seconds": cpu["worker"], "startup_seconds": worker.startup_seconds}
+    log(
+        f"nollm run {run}: { ({k: round(v) if v else v for k, v in rates.items()}) }, "
+        f"raw {[round(r) for r in raw]}/s, committed {done}/{len(values)}"
+    )
+    return {
+        "rates": rates,
+        "raw": raw,
+        "committed": done,
+        "total": len(values),
+        "worker_cpu_seconds": cpu["worker"],
+        "startup_seconds": worker.startup_seconds,
+    }
 
 
 async def figure_4(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]:
@@ -186,7 +212,10 @@ async def figure_4(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]
     out["raw"] = summary(raw_all, 0)
     for name in sizes:
         vals = [run["rates"][name] for run in runs if run["rates"].get(name)]
-        ratios = [run["rates"][name] / (sum(run["raw"]) / len(run["raw"]))
-                  for run in runs if run["rates"].get(name)]
+        ratios = [
+            run["rates"][name] / (sum(run["raw"]) / len(run["raw"]))
+            for run in runs
+            if run["rates"].get(name)
+        ]
         out[name] = {"rate": summary(vals, 0), "ratio_to_raw": summary(ratios, 3)}
     return out

@@ -22,15 +22,19 @@ from bench.common import alert_json, cleanup, create_topics, make_settings, prod
 
 
 async def main(kind: str, n: int, top: int, sort: str) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
 
     from bench.nollm import seed_finished
     from holmes_stream.runtime import Runtime
 
     stack = start_stack(Path(tempfile.mkdtemp(prefix="holmes-prof-")))
     try:
-        s = make_settings(stack, "prof-" + uuid.uuid4().hex[:6], stale_after_seconds=86400 if kind != "fresh" else 20 * 365 * 86400)
+        s = make_settings(
+            stack,
+            "prof-" + uuid.uuid4().hex[:6],
+            stale_after_seconds=86400 if kind != "fresh" else 20 * 365 * 86400,
+        )
         await create_topics(s.kafka.bootstrap_servers, [s.kafka.alerts_topic], 1)
         if kind == "duplicates":
             fin = await seed_finished(s, 1000)

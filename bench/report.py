@@ -34,7 +34,9 @@ def _machine() -> list[str]:
         mem = f"{kb / 2**20:.1f} GiB"
     except (OSError, ValueError, IndexError):
         pass
-    redis = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
+    redis = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True
+    ).stdout.split()
     java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()
     load = os.getloadavg()
     return [
@@ -57,15 +59,20 @@ def _met(value: float | None, target: float) -> str:
 
 def write_report(results: dict[str, Any], path: Path) -> Path:
     lines = ["# holmes-stream benchmarks", ""]
-    lines += [f"Run {results.get('started')}; `scripts/bench` took {results.get('suite_seconds')} s"
-              + (" (quick mode: short runs, development only)" if results.get("quick") else "") + ".", ""]
+    lines += [
+        f"Run {results.get('started')}; `scripts/bench` took {results.get('suite_seconds')} s"
+        + (" (quick mode: short runs, development only)" if results.get("quick") else "")
+        + ".",
+        "",
+    ]
     lines += ["## Machine", ""] + _machine() + [""]
     lines += [
         "Every figure is the median of several runs with (min, max); each reference is measured in "
         "the same run, alternating with the figure it is compared to, so that both see the same "
         "machine conditions. Ratios are computed per repetition and then summarised. The whole "
         "stack (Kafka broker, redis-server, scripted LLM, holmes-stream, the bare SDK, load "
-        "generators) shares this one machine.", "",
+        "generators) shares this one machine.",
+        "",
     ]
     rows: list[tuple[str, str, str, str, str]] = []
     e = results.get("e2e") or {}
@@ -75,16 +82,28 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
     if f1:
         w, b, r = summary(f1["worker_rate"]), summary(f1["bare_rate"]), summary(f1["ratio"], 2)
         one = w["median"]
-        rows.append(("1. end-to-end, 1 worker process, instant LLM", fmt(w, "/s"),
-                     f"bare SDK 1 process: {fmt(b, '/s')}", f"{fmt(r, '×')}", f"≥ 3.0× {_met(r['median'], 3.0)}"))
+        rows.append(
+            (
+                "1. end-to-end, 1 worker process, instant LLM",
+                fmt(w, "/s"),
+                f"bare SDK 1 process: {fmt(b, '/s')}",
+                f"{fmt(r, '×')}",
+                f"≥ 3.0× {_met(r['median'], 3.0)}",
+            )
+        )
     f2 = e.get("fig2")
     if f2 and one:
         m = summary(f2["rate"])
         target = 0.85 * f2["processes"] * one
-        rows.append((f"2. end-to-end, {f2['processes']} worker processes (one per core)", fmt(m, "/s"),
-                     f"{f2['processes']} × 1-process figure = {f2['processes'] * one:.1f}/s",
-                     f"{m['median'] / (f2['processes'] * one):.2f}",
-                     f"≥ 0.85 {_met(m['median'], target)}"))
+        rows.append(
+            (
+                f"2. end-to-end, {f2['processes']} worker processes (one per core)",
+                fmt(m, "/s"),
+                f"{f2['processes']} × 1-process figure = {f2['processes'] * one:.1f}/s",
+                f"{m['median'] / (f2['processes'] * one):.2f}",
+                f"≥ 0.85 {_met(m['median'], target)}",
+            )
+        )
     f3 = e.get("fig3")
     if f3 and one:
         m = summary(f3["rate"])
@@ -92,68 +111,122 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
         ref = f"min({f3['in_flight']} / {f3['llm_seconds_per_investigation']:.0f} s, {one}/s) = {bound:.1f}/s"
         if f3.get("bare_rate_64_in_flight"):
             ref += f"; bare SDK at 64 in flight: {f3['bare_rate_64_in_flight']}/s"
-        rows.append(("3. 1 s scripted LLM, 64 in flight, 1 process", fmt(m, "/s"), ref,
-                     f"{m['median'] / bound:.2f}", f"≥ 0.8 {_met(m['median'], 0.8 * bound)}"))
+        rows.append(
+            (
+                "3. 1 s scripted LLM, 64 in flight, 1 process",
+                fmt(m, "/s"),
+                ref,
+                f"{m['median'] / bound:.2f}",
+                f"≥ 0.8 {_met(m['median'], 0.8 * bound)}",
+            )
+        )
     n = results.get("nollm") or {}
     for name in n.get("sizes", {}):
         item = n[name]
-        rows.append((f"4. no LLM: {name}", fmt(item["rate"], "/s"),
-                     f"aiokafka raw consume: {fmt(n['raw'], '/s')}", fmt(item["ratio_to_raw"]),
-                     f"≥ 10,000/s {_met(item['rate']['median'], 10_000)}"))
+        rows.append(
+            (
+                f"4. no LLM: {name}",
+                fmt(item["rate"], "/s"),
+                f"aiokafka raw consume: {fmt(n['raw'], '/s')}",
+                fmt(item["ratio_to_raw"]),
+                f"≥ 10,000/s {_met(item['rate']['median'], 10_000)}",
+            )
+        )
     h = results.get("http") or {}
     if h.get("lookup"):
-        rows.append(("5a. REST lookup by id (1 API process)", fmt(h["lookup"]["rps"], " req/s"),
-                     f"hello-world Litestar: {fmt(h['hello']['rps'], ' req/s')}",
-                     fmt(h["lookup_ratio"]), f"≥ 0.7 {_met(h['lookup_ratio']['median'], 0.7)}"))
+        rows.append(
+            (
+                "5a. REST lookup by id (1 API process)",
+                fmt(h["lookup"]["rps"], " req/s"),
+                f"hello-world Litestar: {fmt(h['hello']['rps'], ' req/s')}",
+                fmt(h["lookup_ratio"]),
+                f"≥ 0.7 {_met(h['lookup_ratio']['median'], 0.7)}",
+            )
+        )
     if h.get("submit"):
         sub = h["submit"]
-        rows.append(("5b. submit (POST, 16 clients)", f"p99 {sub['p99_ms']:.1f} ms, p50 {sub['p50_ms']:.1f} ms",
-                     f"{sub['rps']:.0f} req/s, statuses {sub['statuses']}", "-", "report"))
+        rows.append(
+            (
+                "5b. submit (POST, 16 clients)",
+                f"p99 {sub['p99_ms']:.1f} ms, p50 {sub['p50_ms']:.1f} ms",
+                f"{sub['rps']:.0f} req/s, statuses {sub['statuses']}",
+                "-",
+                "report",
+            )
+        )
     if h.get("sse"):
         sse = h["sse"]
         ok = sse["p99_ms"] < 100 and sse["connected"] >= 1000
-        rows.append(("5c. 1,000 SSE clients, 1 API process", f"delivery p99 {sse['p99_ms']:.1f} ms",
-                     f"p50 {sse['p50_ms']:.1f} ms, max {sse['max_ms']:.0f} ms; {sse['connected']} connected, "
-                     f"{sse['events']}/{sse['expected_deliveries']} deliveries", "-",
-                     f"< 100 ms {'**met**' if ok else '**missed**'}"))
-    lines += ["## Figures", "", "| figure | measured | reference (same run) | ratio | target |",
-              "| --- | --- | --- | --- | --- |"]
+        rows.append(
+            (
+                "5c. 1,000 SSE clients, 1 API process",
+                f"delivery p99 {sse['p99_ms']:.1f} ms",
+                f"p50 {sse['p50_ms']:.1f} ms, max {sse['max_ms']:.0f} ms; {sse['connected']} connected, "
+                f"{sse['events']}/{sse['expected_deliveries']} deliveries",
+                "-",
+                f"< 100 ms {'**met**' if ok else '**missed**'}",
+            )
+        )
+    lines += [
+        "## Figures",
+        "",
+        "| figure | measured | reference (same run) | ratio | target |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     lines += [f"| {' | '.join(r)} |" for r in rows]
     lines.append("")
     if e:
         lines += ["## 6. Start-up and memory", ""]
         st = summary(e.get("startup_seconds") or [], 1)
-        lines.append(f"- worker start-up to ready (1 process, HolmesGPT imported and warmed): {fmt(st, ' s')}")
+        lines.append(
+            f"- worker start-up to ready (1 process, HolmesGPT imported and warmed): {fmt(st, ' s')}"
+        )
         if e.get("startup_multi_seconds"):
-            lines.append(f"- {cores} worker processes to all ready: {e['startup_multi_seconds']:.1f} s")
+            lines.append(
+                f"- {cores} worker processes to all ready: {e['startup_multi_seconds']:.1f} s"
+            )
         if e.get("bare_startup_seconds"):
-            lines.append(f"- bare SDK process to ready (imports only): {e['bare_startup_seconds']:.1f} s")
+            lines.append(
+                f"- bare SDK process to ready (imports only): {e['bare_startup_seconds']:.1f} s"
+            )
         rss = e.get("rss") or {}
         if rss:
-            lines.append(f"- RSS of one worker: {rss['after_start_mb']:.0f} MB at ready, "
-                         f"{rss['idle_after_warmup_mb']:.0f} MB idle after a warm-up batch")
+            lines.append(
+                f"- RSS of one worker: {rss['after_start_mb']:.0f} MB at ready, "
+                f"{rss['idle_after_warmup_mb']:.0f} MB idle after a warm-up batch"
+            )
         if "per_in_flight_mb" in rss:
-            lines.append(f"- RSS with 64 investigations in flight: {rss['peak_64_in_flight_mb']:.0f} MB "
-                         f"(from {rss['before_64_in_flight_mb']:.0f} MB) → "
-                         f"{rss['per_in_flight_mb']:.2f} MB per in-flight investigation")
+            lines.append(
+                f"- RSS with 64 investigations in flight: {rss['peak_64_in_flight_mb']:.0f} MB "
+                f"(from {rss['before_64_in_flight_mb']:.0f} MB) → "
+                f"{rss['per_in_flight_mb']:.2f} MB per in-flight investigation"
+            )
         lines.append("")
     if f1:
         lines += ["## Details", ""]
-        lines.append(f"- Figure 1: {f1['n_worker']} distinct alerts per worker repetition, "
-                     f"{f1['n_bare']} per bare repetition (bare at concurrency {f1['bare_concurrency']}, "
-                     f"threads as HolmesGPT's server); {f1['llm_calls_per_investigation']:.0f} LLM calls "
-                     "and 1 tool call (investigation_history) per investigation on both sides.")
-        lines.append(f"- CPU per investigation: worker process {fmt(summary(f1['worker_cpu_ms']), ' ms')}; "
-                     f"bare SDK process {fmt(summary(f1['bare_cpu_ms']), ' ms')}.")
+        lines.append(
+            f"- Figure 1: {f1['n_worker']} distinct alerts per worker repetition, "
+            f"{f1['n_bare']} per bare repetition (bare at concurrency {f1['bare_concurrency']}, "
+            f"threads as HolmesGPT's server); {f1['llm_calls_per_investigation']:.0f} LLM calls "
+            "and 1 tool call (investigation_history) per investigation on both sides."
+        )
+        lines.append(
+            f"- CPU per investigation: worker process {fmt(summary(f1['worker_cpu_ms']), ' ms')}; "
+            f"bare SDK process {fmt(summary(f1['bare_cpu_ms']), ' ms')}."
+        )
         split = f1.get("cpu_split_ms_per_inv") or []
         if split:
             keys = split[0].keys()
-            lines.append("- CPU ms per investigation by process (figure 1, median): " + ", ".join(
-                f"{k} {summary([s[k] for s in split], 1)['median']}" for k in keys))
+            lines.append(
+                "- CPU ms per investigation by process (figure 1, median): "
+                + ", ".join(f"{k} {summary([s[k] for s in split], 1)['median']}" for k in keys)
+            )
         if f2 and f2.get("cpu_split_ms_per_inv"):
             split = f2["cpu_split_ms_per_inv"]
-            lines.append("- CPU ms per investigation by process (figure 2, median): " + ", ".join(
-                f"{k} {summary([s[k] for s in split], 1)['median']}" for k in split[0]))
+            lines.append(
+                "- CPU ms per investigation by process (figure 2, median): "
+                + ", ".join(f"{k} {summary([s[k] for s in split], 1)['median']}" for k in split[0])
+            )
     bodies = e.get("bodies")
     if bodies:
         verdict = "identical" if bodies["identical_normalised"] else "DIFFERENT"
@@ -162,10 +235,11 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
             f"worker and the bare SDK ({bodies['requests_worker']} vs {bodies['requests_bare']} requests, "
             f"{bodies['bytes_worker']} vs {bodies['bytes_bare']} bytes), recorded by the scripted LLM "
             f"(`record_file`). Normalised: only HolmesGPT's two clock sentences in the user prompt "
-            f"(\"The current UTC date and time are …\", \"The current UTC timestamp in seconds is …\"), "
+            f'("The current UTC date and time are …", "The current UTC timestamp in seconds is …"), '
             f"{bodies['timestamps_normalised']} replacements per request; byte-identical without "
             f"normalising: {bodies['identical_raw']}. The bare run's history tool reads a copy of the "
-            "store as the worker's tool saw it (its own record, running), so the tool output matches too.")
+            "store as the worker's tool saw it (its own record, running), so the tool output matches too."
+        )
         if bodies.get("first_difference"):
             lines.append(f"  First difference: `{bodies['first_difference']}`")
     if n.get("runs"):
@@ -174,18 +248,25 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
             f"messages written before the worker starts; {n['episodes']} finished episodes behind the "
             "duplicates and resolved notices. Rate = block size / time the committed offset (committed "
             "only after each outcome is durable; every 0.5 s) took to cross the block. The raw "
-            "reference reads the same partition with a bare AIOKafkaConsumer (getmany) before and after.")
+            "reference reads the same partition with a bare AIOKafkaConsumer (getmany) before and after."
+        )
     if h.get("lookup"):
         lines.append(
             f"- Figure 5: load generator bench/loadgen.py (raw asyncio sockets, keep-alive, "
             f"{h['connections']} connections) in its own process; lookups cycle over 1,000 stored "
             "completed records; auth disabled and rate limiting off in the bench's service "
             "environment. SSE: 1,000 clients on 100 running investigations (10 each), events written "
-            "to Redis every 0.5 s; delivery latency = arrival − the event's `at` (same clock).")
-    lines += ["", "## Noise", "",
-              "The machine has few cores and the broker, Redis, the scripted LLM, the service, the "
-              "reference and the load generators all share them; other work on the machine shows up "
-              "as spread between min and max. Side-by-side ratios are more stable than absolute rates. "
-              "Nothing in the test suite depends on these timings.", ""]
+            "to Redis every 0.5 s; delivery latency = arrival − the event's `at` (same clock)."
+        )
+    lines += [
+        "",
+        "## Noise",
+        "",
+        "The machine has few cores and the broker, Redis, the scripted LLM, the service, the "
+        "reference and the load generators all share them; other work on the machine shows up "
+        "as spread between min and max. Side-by-side ratios are more stable than absolute rates. "
+        "Nothing in the test suite depends on these timings.",
+        "",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path

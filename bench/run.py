@@ -36,7 +36,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="holmes-bench-"))
     t0 = time.perf_counter()
     log("starting the local stack under", work)
-    results: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "quick": args.quick}
+    results: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "quick": args.quick,
+    }
     try:
         stack = start_stack(work / "stack")
         if "e2e" in parts:
@@ -56,7 +59,8 @@ def main() -> None:
         results["suite_seconds"] = round(time.perf_counter() - t0, 1)
         out = Path(args.out)
         (out / ("results-quick.json" if args.quick else "results.json")).write_text(
-            json.dumps(results, indent=2, default=str) + "\n")
+            json.dumps(results, indent=2, default=str) + "\n"
+        )
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     from bench.report import write_report

@@ -91,7 +91,8 @@ class SettledEpisodes:
         resolved_until = now + resolved_ms / 1000 if resolved_ms and resolved_ms > 0 else 0.0
         entries = self._entries
         entries.pop(investigation_id, None)
-        entries[investigation_id] = (now + record_ms / 1000, min(resolved_until, now + record_ms / 1000))
+        record_until = now + record_ms / 1000
+        entries[investigation_id] = (record_until, min(resolved_until, record_until))
         if len(entries) > self._size:
             del entries[next(iter(entries))]
 
@@ -266,17 +267,19 @@ class InvestigationService:
         await self.store.request_stop(investigation_id, reason)
 
     # ---------------------------------------------------------------- handling (worker side)
-    def settled_outcome(self, work: AlertWork) -> Outcome | None:
+    def settled_outcome(self, work: AlertWork, *, count: bool = True) -> Outcome | None:
         """The outcome of a re-send of an episode known here to be finished, without any I/O.
 
-        ``None``: not known, ``handle`` must look. The same outcome ``handle`` would reach.
+        ``None``: not known, ``handle`` must look. The same outcome ``handle`` would reach;
+        ``count=False`` leaves the dedup metric to the caller.
         """
         if work.alert.status == "resolved":
             if self.settled.lookup(work.investigation_id, resolved=True):
                 return Outcome.RESOLVED_NOTED
             return None
         if self.settled.lookup(work.investigation_id, resolved=False):
-            metrics.DEDUP_HITS.labels("kafka").inc()
+            if count:
+                metrics.DEDUP_HITS.labels("kafka").inc()
             return Outcome.DUPLICATE
         return None
 

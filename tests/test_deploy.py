@@ -235,11 +235,15 @@ def test_roles_probes_and_grace(name: str) -> None:
             "configMapRef": "holmes-stream-config",
             "secretRef": "holmes-stream-secrets",
         }
-    # Every HOLMES_STREAM_* key of the ConfigMap maps to an existing setting group.
-    groups = {"KAFKA", "REDIS", "LLM", "WORKER", "API"}
+    # Every HOLMES_STREAM_* key of the ConfigMap names an existing setting.
+    from holmes_stream.settings import Settings
+
     for key in config:
         if key.startswith("HOLMES_STREAM_") and "__" in key:
-            assert key.removeprefix("HOLMES_STREAM_").split("__")[0] in groups, key
+            group, field = key.removeprefix("HOLMES_STREAM_").lower().split("__", 1)
+            assert group in Settings.model_fields, key
+            model = Settings.model_fields[group].annotation
+            assert field in model.model_fields, key  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)

@@ -299,6 +299,7 @@ def test_checked_in_documents_match_the_code(tmp_path: Path) -> None:
     openapi = json.loads((tmp_path / "openapi.json").read_text())
     assert "/api/v1/investigations/{investigation_id}/events" in openapi["paths"]
     asyncapi = json.loads((tmp_path / "asyncapi.json").read_text())
-    assert {"alerts", "investigation.results", "investigation.progress", "alerts.dlq"} <= set(
-        asyncapi["channels"]
-    )
+    addresses = {c["address"] for c in asyncapi["channels"].values()}
+    assert {"alerts", "investigation.results", "investigation.progress", "alerts.dlq"} <= addresses
+    # The alerts topic is both consumed (workers) and published to (the API).
+    assert {"alerts:consume", "alerts:publish"} <= set(asyncapi["channels"])

@@ -2,10 +2,11 @@
 
 FastStream delivers what one fetch returned as a batch (its overhead is per batch, not per
 message). A re-send of an episode this process already knows to be finished is settled on the
-spot, without any I/O; every other message becomes a task, and the handler returns. When the worker is full it pauses its partitions (backpressure) rather than
-blocking the handler, so the consumer keeps polling and never outstays ``max.poll.interval.ms``
-however long the LLM takes. Offsets are committed by us (``AckPolicy.MANUAL``), and only up to
-the lowest unfinished one.
+spot, without any I/O; every other message becomes a task, and the handler returns. When the
+worker is full (what a fetch brought beyond the limit waits in a backlog) it pauses its
+partitions (backpressure) rather than blocking the handler, so the consumer keeps polling and
+never outstays ``max.poll.interval.ms`` however long the LLM takes. Offsets are committed by us
+(``AckPolicy.MANUAL``), and only up to the lowest unfinished one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from holmes_stream.chat import ChatService, decode_chat
 from holmes_stream.consumers.offsets import OffsetTracker
 from holmes_stream.intake import AlertWork, RejectedMessage, decode_message
 from holmes_stream.producers.kafka import DeadLetter
-from holmes_stream.service import TRANSIENT_IO, InvestigationService, Source, backoff
+from holmes_stream.service import TRANSIENT_IO, InvestigationService, Outcome, Source, backoff
 from holmes_stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,13 @@ class Dispatcher:
         except Exception:  # RejectedMessage or unforeseen: _process decides, as before
             return []
         settled = self.service.settled_outcome
-        if all(settled(w) is not None for w in works):
-            return None
-        return works
+        outcomes = [settled(w, count=False) for w in works]
+        if None in outcomes:
+            return works
+        for outcome in outcomes:
+            if outcome is Outcome.DUPLICATE:
+                metrics.DEDUP_HITS.labels("kafka").inc()
+        return None
 
     def _apply_backpressure(self) -> None:
         """Pause fetching at the in-flight limit, resume below it."""
@@ -280,6 +285,6 @@ def register_alert_subscriber(
         ),
     )
     async def on_alert(body: list[bytes], msg: KafkaMessage) -> None:
-        await dispatcher.dispatch_batch(msg.raw_message, msg.consumer)  # type: ignore[arg-type]
+        await dispatcher.dispatch_batch(msg.raw_message, msg.consumer)
 
     return on_alert
