@@ -1,3 +1,4 @@
+# ruff: noqa: RUF046
 """Shared pieces of the benchmark suite: the stack, settings, child processes, measurements."""
 
 from __future__ import annotations

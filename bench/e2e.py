@@ -1,3 +1,4 @@
+# ruff: noqa: E501, RUF002
 """Figures 1–3 and 6: alerts through Kafka → worker → results topic, beside the bare SDK."""
 
 from __future__ import annotations

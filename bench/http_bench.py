@@ -1,3 +1,4 @@
+# ruff: noqa: E501, ASYNC110
 """Figure 5: REST lookup beside a hello-world Litestar endpoint, submit latency, 1,000 SSE clients.
 
 The API runs as ``holmes-stream api`` (one process, as deployed); the hello-world app runs under

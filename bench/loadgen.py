@@ -1,3 +1,4 @@
+# ruff: noqa: E501, RUF002, RUF046, ASYNC110, ASYNC230
 """A small, efficient HTTP/1.1 load generator on raw asyncio sockets (keep-alive, uvloop).
 
     python -m bench.loadgen http --port P --paths FILE --connections 32 --seconds 5

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF007
 """Figure 4: alerts that need no LLM, per worker process, beside aiokafka's raw consume rate.
 
 One partition holds blocks of one kind each — duplicates of finished episodes, resolved

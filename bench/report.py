@@ -1,3 +1,4 @@
+# ruff: noqa: E501, RUF001, RUF005
 """bench/RESULTS.md from the suite's results (bench/results.json)."""
 
 from __future__ import annotations
@@ -214,6 +215,13 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
             f"- CPU per investigation: worker process {fmt(summary(f1['worker_cpu_ms']), ' ms')}; "
             f"bare SDK process {fmt(summary(f1['bare_cpu_ms']), ' ms')}."
         )
+        cpu_ratio = summary(
+            [b / w for w, b in zip(f1["worker_cpu_ms"], f1["bare_cpu_ms"], strict=False) if w], 2
+        )
+        lines.append(
+            f"- CPU-bound ratio (bare CPU / worker CPU per investigation, what the throughput ratio "
+            f"tends to when both are CPU-bound on a quiet core): {fmt(cpu_ratio, 'x')}."
+        )
         split = f1.get("cpu_split_ms_per_inv") or []
         if split:
             keys = split[0].keys()
@@ -223,6 +231,13 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
             )
         if f2 and f2.get("cpu_split_ms_per_inv"):
             split = f2["cpu_split_ms_per_inv"]
+            total = summary([sum(x.values()) for x in split], 1)["median"]
+            if total:
+                lines.append(
+                    f"- Figure 2's machine ceiling: all processes together spend {total} ms CPU per "
+                    f"investigation, so {cores} cores allow at most {cores * 1000 / total:.1f}/s "
+                    "whatever the worker does (the broker, Redis and the LLM share the cores)."
+                )
             lines.append(
                 "- CPU ms per investigation by process (figure 2, median): "
                 + ", ".join(f"{k} {summary([s[k] for s in split], 1)['median']}" for k in split[0])

@@ -116,13 +116,11 @@ _ENGINES: dict[str, Any] = {}
 
 def shared_engine(settings: Settings) -> Any:
     """HolmesGPT's Config is built once per LLM endpoint and Redis prefix for the whole run."""
-    from holmes_stream.engine.holmes_engine import HolmesEngine
-    from holmes_stream.engine.toolsets import history_toolset
+    from holmes_stream.engine.holmes_engine import build_engine
 
-    key = f"{settings.llm.api_base}|{settings.redis.key_prefix}|{settings.llm.model}"
+    key = settings.model_dump_json(include={"llm", "redis", "redaction"})
     if key not in _ENGINES:
-        toolsets = [history_toolset(settings.redis.url, settings.redis.key_prefix)]
-        _ENGINES[key] = HolmesEngine(settings.llm, extra_toolsets=toolsets)
+        _ENGINES[key] = build_engine(settings)
     return _ENGINES[key]
 
 

@@ -122,3 +122,43 @@ async def test_an_exhausted_budget_stops_investigations_of_that_tenant_only(
     assert "token" in (first.reason or "")
     assert records["2"].status == "budget_exceeded" and records["2"].started_at is None
     assert records["3"].status == "completed"
+
+
+async def test_secrets_in_tool_output_never_reach_the_llm(
+    stack: LocalStack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory, start_worker
+) -> None:
+    from redis.asyncio import Redis
+
+    from holmes_stream.schemas import Alert, InvestigationRecord, InvestigationResult, Status
+    from holmes_stream.store import RecordStore
+
+    record_file = ARTIFACTS / f"llm-bodies-{uid}.jsonl"
+    llm = scripted_llm_factory(record_file=str(record_file))
+    settings = make_settings(stack, uid, llm.api_base)
+    alert = fresh(load_fixture("single-alert.json"), uid)
+    # An earlier investigation stored before redaction was on: the history tool returns it.
+    earlier = InvestigationRecord(
+        id=f"earlier-{uid}",
+        episode_key="e",
+        fingerprint=alert["fingerprint"],
+        status=Status.COMPLETED,
+        alert=Alert.model_validate(alert),
+        result=InvestigationResult(
+            analysis=f"the pod logged password={SECRET_URL_PASSWORD} then crashed", model="m"
+        ),
+    )
+    redis = Redis.from_url(settings.redis.url)
+    await RecordStore(redis, settings.redis.key_prefix).create(earlier)
+    await redis.aclose()
+
+    await start_worker(settings)
+    alert["startsAt"] = fresh(alert, "again")["startsAt"]
+    await producer.send_and_wait(settings.kafka.alerts_topic, json.dumps(alert).encode())
+    records = await wait_for_records(settings, 2)
+    [record] = [r for r in records if r.id != earlier.id]
+    assert record.status == "completed"
+    assert earlier.id in record.result.tool_calls[0].output_excerpt  # the tool did return it
+    sent = Path(record_file).read_text()  # noqa: ASYNC240 - a small local file
+    assert earlier.id in sent
+    assert SECRET_URL_PASSWORD not in sent
+    assert SECRET_URL_PASSWORD not in record.model_dump_json()

@@ -160,8 +160,10 @@ class HolmesEngine:
         fast: bool = True,
         breaker: Breaker | None = None,
         catalog_sink: Callable[[dict[str, Any]], None] | None = None,
+        redact: Callable[[Any], Any] | None = None,
     ) -> None:
         self._settings = settings
+        self._redact = redact
         self._models = settings.model_entries()
         names = [m.name for m in self._models]
         if len(set(names)) != len(names):
@@ -461,7 +463,10 @@ class HolmesEngine:
     ) -> ToolCallingLLM:
         from holmes_stream.engine import fastpath
 
-        return fastpath.toolcalling_llm(config, self._llm(entry), executor, memoise=self.fast)
+        ai = fastpath.toolcalling_llm(config, self._llm(entry), executor, memoise=self.fast)
+        if self._redact is not None:
+            _redact_tool_results(ai, self._redact)
+        return ai
 
     def _llm(self, entry: ModelEntry) -> Any:
         """A ``DefaultLLM`` for one model entry, as HolmesGPT builds one from model_list.yaml."""
@@ -848,6 +853,26 @@ def _status_code(exc: BaseException) -> int | None:
 # -- assembly ---------------------------------------------------------------------------------
 
 
+def _redact_tool_results(ai: ToolCallingLLM, redact: Callable[[Any], Any]) -> None:
+    """Secrets in what a tool returns never reach the LLM, the events or the record.
+
+    HolmesGPT turns a tool's ``StructuredToolResult`` into the tool message of the next LLM
+    call; this instance's tool invocation hands back a redacted copy of it.
+    """
+    invoke = ai._directly_invoke_tool_call
+
+    def redacted(*args: Any, **kwargs: Any) -> Any:
+        result = invoke(*args, **kwargs)
+        changes = {
+            name: redact(value)
+            for name in ("data", "error")
+            if (value := getattr(result, name, None)) is not None
+        }
+        return result.model_copy(update=changes) if changes else result
+
+    ai._directly_invoke_tool_call = redacted  # type: ignore[method-assign]
+
+
 def build_engine(settings: Settings, extra_toolsets: list[Any] | None = None) -> HolmesEngine:
     """The worker's engine: our history toolset, circuit state and catalog shared via Redis."""
     from holmes_stream.engine.toolsets import history_toolset
@@ -859,4 +884,13 @@ def build_engine(settings: Settings, extra_toolsets: list[Any] | None = None) ->
         extra_toolsets=[history_toolset(url, prefix), *(extra_toolsets or [])],
         breaker=RedisBreaker(url, prefix, llm.breaker_failures, llm.breaker_cooldown_seconds),
         catalog_sink=redis_catalog_sink(url, prefix),
+        redact=_redactor(settings),
     )
+
+
+def _redactor(settings: Settings) -> Callable[[Any], Any] | None:
+    if not settings.redaction.enabled:
+        return None
+    from holmes_stream.redaction import Redactor
+
+    return Redactor.from_settings(settings.redaction).redact_obj
