@@ -96,7 +96,7 @@ class Runtime:
 
     async def start(self) -> None:
         if self.dispatcher is not None:
-            engine = self.service.engine
+            engine: Any = self.service.engine
             if hasattr(engine, "warm"):
                 await asyncio.get_running_loop().run_in_executor(self.executor, engine.warm)
             self._tasks.append(asyncio.create_task(self._listen_for_cancels()))

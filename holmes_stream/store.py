@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -72,7 +72,8 @@ class RecordStore:
         ttl_seconds: int = 7 * 86400,
         events_max_len: int = 2000,
     ) -> None:
-        self.redis = redis
+        # redis-py annotates replies as unions of its sync and async results: typed loosely.
+        self.redis: Any = redis
         self.prefix = prefix
         self.ttl = ttl_seconds
         self.events_max_len = events_max_len
@@ -94,7 +95,7 @@ class RecordStore:
         """Store ``record`` unless one exists for its id; return the stored one and whether new."""
         keys = [self._k("inv", record.id), *self._index_keys(record)]
         args = [record.model_dump_json(), self.ttl, record.created_at.timestamp(), record.id]
-        existing = await self._create(keys=keys, args=args)
+        existing = await self._create(keys=keys, args=cast(list[str | float], args))
         if existing is None:
             return record, True
         return InvestigationRecord.model_validate_json(existing), False
@@ -194,10 +195,15 @@ class RecordStore:
     async def append_event(
         self, investigation_id: str, type_: str, payload: dict[str, Any], at: datetime | None = None
     ) -> ProgressEvent:
-        draft = ProgressEvent(investigation_id=investigation_id, seq=0, type=type_, payload=payload)  # type: ignore[arg-type]
+        draft = ProgressEvent(
+            investigation_id=investigation_id,
+            seq=0,
+            type=type_,  # checked by pydantic at run time
+            payload=payload,
+        )
         if at is not None:
             draft.at = at
-        seq, raw = await self._append(
+        _seq, raw = await self._append(
             keys=[self._k("ev", investigation_id), self._k("evseq", investigation_id)],
             args=[draft.model_dump_json(), self.events_max_len, self.ttl],
         )

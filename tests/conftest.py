@@ -29,9 +29,9 @@ from holmes_stream.devstack.stack import LocalStack
 from holmes_stream.settings import (
     ApiSettings,
     AuthSettings,
-    RateLimitSettings,
     KafkaSettings,
     LLMSettings,
+    RateLimitSettings,
     RedisSettings,
     Settings,
     WorkerSettings,

@@ -338,7 +338,7 @@ def create_app(config: ScriptConfig | None = None, **overrides: Any) -> Litestar
             return _error(status, f"scripted failure ({status})")
         raw = await request.body()
         if cfg.record_file:
-            with open(cfg.record_file, "ab") as out:
+            with open(cfg.record_file, "ab") as out:  # noqa: ASYNC230 - tests and benchmarks only
                 out.write(raw.replace(b"\n", b"\\n") + b"\n")
         try:
             body = msgspec.json.decode(raw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ class ServiceProcess:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.pid_file = self.run_dir / f"{self.name}.pid"
         self.log_file = self.run_dir / f"{self.name}.log"
-        self._proc = None
+        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def api_url(self) -> str:

@@ -870,7 +870,7 @@ def _redact_tool_results(ai: ToolCallingLLM, redact: Callable[[Any], Any]) -> No
         }
         return result.model_copy(update=changes) if changes else result
 
-    ai._directly_invoke_tool_call = redacted  # type: ignore[method-assign]
+    ai._directly_invoke_tool_call = redacted
 
 
 def build_engine(settings: Settings, extra_toolsets: list[Any] | None = None) -> HolmesEngine:
