@@ -88,7 +88,7 @@ class LLMSettings(BaseModel):
     api_key: SecretStr = Field(
         default=SecretStr("dummy"), description="API key of the model provider"
     )
-    temperature: float = Field(0.0)
+    temperature: float = Field(0.0, description="Sampling temperature of the single model")
     max_steps: int = Field(
         default=10, description="Maximum agent steps (LLM calls) per investigation"
     )
@@ -162,8 +162,8 @@ class WorkerSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
-    host: str = Field("127.0.0.1")
-    port: int = Field(18000)
+    host: str = Field("127.0.0.1", description="Where the API listens")
+    port: int = Field(18000, description="Port of the API")
     max_body_bytes: int = Field(1_048_576, description="Largest accepted request body")
     sse_keepalive_seconds: float = Field(15.0, description="Idle time before an SSE keep-alive")
     public_url: str | None = Field(None, description="Base URL used in Location headers")
@@ -251,7 +251,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
     ratelimit: RateLimitSettings = RateLimitSettings()
-    log_level: str = Field("INFO")
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR")
     log_json: bool = Field(True, description="Structured JSON logs")
     dev_dir: Path = Field(Path(".devstack"), description="Where `dev up` keeps data and logs")
     enrichment: EnrichmentSettings = Field(default_factory=lambda: EnrichmentSettings())

@@ -290,7 +290,7 @@ def test_checked_in_documents_match_the_code(tmp_path: Path) -> None:
     from holmes_stream.cli import main
 
     assert main(["docs", "--out", str(tmp_path)]) == 0
-    for name in ("openapi.json", "asyncapi.json"):
+    for name in ("openapi.json", "asyncapi.json", "configuration.md"):
         fresh_doc = (tmp_path / name).read_text()
         checked_in = (ROOT / "docs" / name).read_text()
         assert fresh_doc == checked_in, (

@@ -78,11 +78,14 @@ def render(document: dict[str, Any]) -> str:
 def write_documents(out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, document in (
-        ("openapi.json", openapi_document()),
-        ("asyncapi.json", asyncapi_document()),
+    from holmes_stream.settings_doc import configuration_reference
+
+    for name, text in (
+        ("openapi.json", render(openapi_document())),
+        ("asyncapi.json", render(asyncapi_document())),
+        ("configuration.md", configuration_reference()),
     ):
         path = out / name
-        path.write_text(render(document))
+        path.write_text(text)
         written.append(path)
     return written
