@@ -12,6 +12,7 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from holmes_stream import telemetry
 from holmes_stream.budgets import Budgets, SyncBudgetGuard
 from holmes_stream.consumers.alerts import Dispatcher, register_alert_subscriber
 from holmes_stream.consumers.health_server import serve_health
@@ -80,7 +81,7 @@ class Runtime:
             settings.redis.record_ttl_seconds,
             settings.redis.events_max_len,
         )
-        broker = make_broker(settings.kafka)
+        broker = make_broker(settings.kafka, telemetry.setup(settings.telemetry))
         producers = KafkaProducers(broker, settings.kafka)
         executor = None
         if worker:

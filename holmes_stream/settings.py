@@ -257,6 +257,7 @@ class Settings(BaseSettings):
     enrichment: EnrichmentSettings = Field(default_factory=lambda: EnrichmentSettings())
     redaction: RedactionSettings = Field(default_factory=lambda: RedactionSettings())
     budgets: BudgetSettings = Field(default_factory=lambda: BudgetSettings())
+    telemetry: TelemetrySettings = Field(default_factory=lambda: TelemetrySettings())
 
 
 @lru_cache(maxsize=1)
@@ -352,6 +353,31 @@ class BudgetSettings(BaseModel):
     window_seconds: int = Field(default=3600, description="Length of a budget window")
     tenants: dict[str, TenantBudget] = Field(
         default_factory=dict, description="Per-tenant overrides, e.g. JSON in the env variable"
+    )
+
+
+class TelemetrySettings(BaseModel):
+    """OpenTelemetry tracing: W3C trace context through HTTP and Kafka headers (off by default).
+
+    Needs the ``otel`` extra (``pip install holmes-stream[otel]``).
+    """
+
+    enabled: bool = Field(default=False, description="Trace requests and investigations")
+    service_name: str = Field(default="holmes-stream", description="`service.name` of the spans")
+    otlp_endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector, e.g. http://otel-collector:4318 (/v1/traces is added)",
+    )
+    exporter: Literal["auto", "otlp", "console", "none"] = Field(
+        default="auto",
+        description="auto: OTLP when an endpoint is set, else one JSON line per span on stdout;"
+        " none: ids are propagated and logged, spans are not exported",
+    )
+    sample_ratio: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of new traces sampled; an incoming traceparent's decision is kept",
     )
 
 

@@ -11,10 +11,19 @@ from faststream.kafka import KafkaBroker
 
 from holmes_stream.schemas import SCHEMA_VERSION, InvestigationRecord, ProgressEvent
 from holmes_stream.settings import KafkaSettings
+from holmes_stream.telemetry import Telemetry
 
 
-def make_broker(settings: KafkaSettings, **kwargs: Any) -> KafkaBroker:
-    """One broker per process; its producer waits for all in-sync replicas, without duplicates."""
+def make_broker(
+    settings: KafkaSettings, telemetry: Telemetry | None = None, **kwargs: Any
+) -> KafkaBroker:
+    """One broker per process; its producer waits for all in-sync replicas, without duplicates.
+
+    With ``telemetry``, publishing injects the W3C ``traceparent`` of the current span into the
+    message headers and consuming continues the trace it carries.
+    """
+    if telemetry is not None:
+        kwargs["middlewares"] = (*kwargs.get("middlewares", ()), telemetry.kafka_middleware())
     return KafkaBroker(
         settings.bootstrap_servers,
         acks="all",
