@@ -11,6 +11,7 @@ useless, so patterns anchor on a recognisable shape or a secret-looking key.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import traceback
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 
 MARK = "[REDACTED:{}]"
 Replacer = Callable[[re.Match[str]], str]
+
+
+_SHORT_TEXT = 512
+_SHORT_CACHE_SIZE = 16_384
 
 
 def mark(kind: str) -> str:
@@ -224,6 +229,9 @@ class Redactor:
         self.extra_secret_keys = frozenset(
             _CAMEL.sub("_", k).lower().replace("-", "_") for k in extra_secret_keys
         )
+        # Alert labels and annotations repeat across alerts and re-sends: short strings are
+        # redacted once (lru_cache is thread-safe; tools run on HolmesGPT's threads).
+        self._short = functools.lru_cache(maxsize=_SHORT_CACHE_SIZE)(self._redact_text)
 
     @classmethod
     def from_settings(cls, settings: RedactionSettings) -> Redactor:
@@ -237,6 +245,11 @@ class Redactor:
     def redact_text(self, text: str) -> str:
         if not self.enabled or not text:
             return text
+        if len(text) <= _SHORT_TEXT:
+            return self._short(text)
+        return self._redact_text(text)
+
+    def _redact_text(self, text: str) -> str:
         text = self._k8s_secrets(text)
         for rule in self.rules:
             text = rule.apply(text)

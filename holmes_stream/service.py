@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
-from holmes_stream import metrics
+from holmes_stream import logcontext, metrics, telemetry
 from holmes_stream.budgets import BudgetExceeded, Budgets, SyncBudgetGuard
 from holmes_stream.engine.base import (
     Engine,
@@ -141,7 +141,11 @@ class Source:
     first_seen_ms: int = 0
 
     def describe(self) -> dict[str, Any]:
-        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+        described = {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+        trace_id = telemetry.current_trace_id()  # None unless tracing is on
+        if trace_id is not None:
+            described["trace_id"] = trace_id
+        return described
 
 
 @dataclass
@@ -292,17 +296,54 @@ class InvestigationService:
         settled = self.settled_outcome(work)
         if settled is not None:
             return settled
+        # Every log line on the way, HolmesGPT's in its threads too, says which alert it is about.
+        with logcontext.bind(
+            investigation_id=work.investigation_id,
+            fingerprint=work.alert.identity(),
+            tenant=work.tenant,
+        ):
+            return await self._handle(work, source)
+
+    async def _handle(self, work: AlertWork, source: Source) -> Outcome:
         if work.alert.status == "resolved":
             return await self._on_resolved(work, source)
-        record, _ = await self.store.create(self._new_record(work, source))
+        stale = self._staleness(work, source)
+        if stale is not None:
+            draft = self._new_record(work, source)
+            draft.reason = stale
+            existing = await self._settle_new(draft)
+            if existing is None:
+                return Outcome.SKIPPED
+            record = existing
+        else:
+            record, _ = await self.store.create(self._new_record(work, source))
         if record.status.terminal:
             metrics.DEDUP_HITS.labels("kafka").inc()
             await self._remember_settled(record.id, resolved=False)
             return Outcome.DUPLICATE
-        stale = self._staleness(work, source)
         if stale is not None:
             return await self._finish(record, Status.SKIPPED, reason=stale)
         return await self._run_exclusively(record, work, source)
+
+    async def _settle_new(self, draft: InvestigationRecord) -> InvestigationRecord | None:
+        """Record a skip that needed no run in one step, unless the episode is already known.
+
+        Returns the existing record, or None when ``draft`` became the (skipped) record.
+        """
+        draft.status, draft.finished_at = Status.SKIPPED, utcnow()
+        payload: dict[str, Any] = {"status": draft.status, "reason": draft.reason}
+        if self.extras.redactor is not None:
+            payload = self.extras.redactor.redact_obj(payload)
+        existing, event = await self.store.settle_new(draft, str(draft.status), payload)
+        if existing is not None:
+            return existing
+        assert event is not None
+        await self._durably(lambda: self.producers.publish_result(draft))
+        await self._durably(lambda: self.producers.publish_progress(event, draft.fingerprint))
+        metrics.ALERTS_PROCESSED.labels(Outcome.SKIPPED).inc()
+        ttl_ms = self.store.ttl * 1000
+        self.settled.remember(draft.id, ttl_ms, ttl_ms if draft.resolved_at else None)
+        return None
 
     def _new_record(self, work: AlertWork, source: Source) -> InvestigationRecord:
         return InvestigationRecord(
@@ -336,15 +377,11 @@ class InvestigationService:
 
     async def _on_resolved(self, work: AlertWork, source: Source) -> Outcome:
         at = work.alert.endsAt or utcnow()
-        record = self._new_record(work, source)
-        record.status, record.resolved_at = Status.SKIPPED, at
-        record.reason = "resolved: no firing investigation of this episode was known"
-        record.finished_at = utcnow()
-        stored, created = await self.store.create(record)
-        if created:
-            await self.store.mark_resolved(record.id, at)
-            await self._publish_outcome(stored)
-            metrics.ALERTS_PROCESSED.labels(Outcome.SKIPPED).inc()
+        draft = self._new_record(work, source)
+        draft.resolved_at = at
+        draft.reason = "resolved: no firing investigation of this episode was known"
+        stored = await self._settle_new(draft)
+        if stored is None:
             return Outcome.SKIPPED
         resolved_at = await self.store.mark_resolved(stored.id, at)
         if stored.status.terminal:
@@ -477,8 +514,13 @@ class InvestigationService:
         started = time.perf_counter()
         metrics.IN_FLIGHT.inc()
         try:
+            # In a copy of this context: the log context and the trace reach the engine's thread.
             result = await loop.run_in_executor(
-                self.executor, self.engine.investigate, request, pump.emit_threadsafe, cancel
+                self.executor,
+                logcontext.in_context(self.engine.investigate),
+                request,
+                pump.emit_threadsafe,
+                cancel,
             )
         except TransientEngineError as exc:
             record.error = f"{type(exc).__name__}: {exc}"

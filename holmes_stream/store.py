@@ -49,6 +49,31 @@ end
 return false
 """
 
+# An outcome reached without running anything (stale, resolved before known): the record,
+# its index entries, the resolution mark and the terminal event in one step, unless a record
+# already exists. Returns {1, existing record} or {0, terminal event}.
+_SETTLE_NEW = """
+local existing = redis.call('GET', KEYS[1])
+if existing then
+  return {1, existing}
+end
+local ttl = ARGV[2]
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
+for i = 5, #KEYS do
+  redis.call('ZADD', KEYS[i], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[i], ttl)
+end
+if ARGV[7] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[7], 'NX', 'EX', ttl)
+end
+local seq = redis.call('INCR', KEYS[3])
+local event = string.gsub(ARGV[5], '"seq":0', '"seq":' .. seq, 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], seq .. '-0', 'e', event)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+return {0, event}
+"""
+
 # Renew or release a lease only while we still own it.
 _RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -81,6 +106,7 @@ class RecordStore:
         self._renew = redis.register_script(_RENEW_LEASE)
         self._release = redis.register_script(_RELEASE_LEASE)
         self._create = redis.register_script(_CREATE_RECORD)
+        self._settle_new = redis.register_script(_SETTLE_NEW)
 
     # -- keys -------------------------------------------------------------------------------
     def _k(self, *parts: str) -> str:
@@ -100,9 +126,45 @@ class RecordStore:
             return record, True
         return InvestigationRecord.model_validate_json(existing), False
 
+    async def settle_new(
+        self, record: InvestigationRecord, event_type: str, payload: dict[str, Any]
+    ) -> tuple[InvestigationRecord | None, ProgressEvent | None]:
+        """Store a terminal ``record`` with its terminal event, unless a record exists.
+
+        Returns ``(existing, None)`` when one did, else ``(None, the event)``.
+        """
+        i = record.id
+        keys = [
+            self._k("inv", i),
+            self._k("ev", i),
+            self._k("evseq", i),
+            self._k("resolved", i),
+            *self._index_keys(record),
+        ]
+        draft = ProgressEvent(investigation_id=i, seq=0, type=event_type, payload=payload)
+        resolved = record.resolved_at.isoformat() if record.resolved_at else ""
+        args: list[str | float] = [
+            record.model_dump_json(),
+            self.ttl,
+            record.created_at.timestamp(),
+            i,
+            draft.model_dump_json(),
+            self.events_max_len,
+            resolved,
+        ]
+        found, raw = await self._settle_new(keys=keys, args=args)
+        if found:
+            return InvestigationRecord.model_validate_json(raw), None
+        return None, ProgressEvent.model_validate_json(raw)
+
     async def get(self, investigation_id: str) -> InvestigationRecord | None:
-        raw = await self.redis.get(self._k("inv", investigation_id))
+        raw = await self.get_raw(investigation_id)
         return None if raw is None else InvestigationRecord.model_validate_json(raw)
+
+    async def get_raw(self, investigation_id: str) -> bytes | None:
+        """The record's JSON as stored."""
+        raw: bytes | None = await self.redis.get(self._k("inv", investigation_id))
+        return raw
 
     async def get_many(self, ids: Sequence[str]) -> list[InvestigationRecord]:
         if not ids:
