@@ -26,10 +26,6 @@ import asyncio
 import dataclasses
 import hashlib
 import json
-import signal
-import sys
-import tempfile
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,8 +35,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 
-from holmes_stream.devstack.kafka import pid_alive, read_pid, spawn_detached, stop_pid, wait_until
-from holmes_stream.devstack.scripted_llm import _child_env
+from holmes_stream.devstack.server import ServerProcess
 
 _JSON = "application/json"
 # A fixed clock: the same request always gets the same body, timestamps included.
@@ -349,8 +344,12 @@ def main(argv: list[str] | None = None) -> None:
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 
-class ContextApiServer:
+class ContextApiServer(ServerProcess):
     """The test server as a detached subprocess; ``config`` are ``ContextConfig`` fields."""
+
+    module = "holmes_stream.devstack.context_api"
+    stem = "context-api"
+    label = "context API"
 
     def __init__(
         self,
@@ -359,69 +358,8 @@ class ContextApiServer:
         data_dir: Path | None = None,
         **config: Any,
     ) -> None:
-        self.port = port
-        self.host = host
+        super().__init__(port, host, data_dir, config)
         ContextConfig().updated(config)  # fail early on a bad key
-        self._config_changes = config
-        self.data_dir = Path(data_dir).resolve() if data_dir else None
-        self._tmp_dir: str | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def _dir(self) -> Path:
-        if self.data_dir is not None:
-            return self.data_dir
-        if self._tmp_dir is None:
-            self._tmp_dir = tempfile.mkdtemp(prefix="context-api-")
-        return Path(self._tmp_dir)
-
-    @property
-    def pid_file(self) -> Path:
-        return self._dir / "context-api.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self._dir / "context-api.log"
-
-    @property
-    def _marker(self) -> str:
-        return f"context_api --host {self.host} --port {self.port}"
-
-    def running(self) -> bool:
-        pid = read_pid(self.pid_file)
-        return pid is not None and pid_alive(pid, self._marker)
-
-    def start(self, timeout: float = 30) -> None:
-        """Spawn the server (no-op if running) and wait until it answers."""
-        if self.running():
-            return
-        self._dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "holmes_stream.devstack.context_api"]
-        argv += ["--host", self.host, "--port", str(self.port)]
-        argv += ["--config-json", json.dumps(self._config_changes)]
-        proc = spawn_detached(argv, self.log_file, env=_child_env())
-        self.pid_file.write_text(str(proc.pid))
-        try:
-            wait_until(
-                self._answers,
-                timeout=timeout,
-                what=f"context API on {self.base_url}",
-                alive=lambda: proc.poll() is None,
-                log_file=self.log_file,
-                interval=0.05,
-            )
-        except BaseException:
-            self.kill()
-            raise
-
-    def stop(self, timeout: float = 10) -> None:
-        stop_pid(self.pid_file, self._marker, timeout)
-
-    def kill(self) -> None:
-        stop_pid(self.pid_file, self._marker, 5.0, sig=signal.SIGKILL)
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Change ``down``, ``latency_seconds``, ``token`` or ``not_found`` while running."""
@@ -438,17 +376,6 @@ class ContextApiServer:
             return "requests" in self._call("GET", "/_context/stats", timeout=1.0)
         except (OSError, ValueError):
             return False
-
-    def _call(
-        self, method: str, path: str, body: Any = None, timeout: float = 5.0
-    ) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.base_url + path, data=data, method=method, headers={"Content-Type": _JSON}
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            result: dict[str, Any] = json.loads(resp.read())
-            return result
 
 
 if __name__ == "__main__":

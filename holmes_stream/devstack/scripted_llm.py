@@ -15,14 +15,9 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import random
 import re
-import signal
-import sys
-import tempfile
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +26,7 @@ from typing import Any
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 
-from holmes_stream.devstack.kafka import (
-    pid_alive,
-    read_pid,
-    spawn_detached,
-    stop_pid,
-    wait_until,
-)
+from holmes_stream.devstack.server import ServerProcess
 
 EVIDENCE_CHARS = 1500
 _JSON = "application/json"
@@ -446,8 +435,12 @@ def main(argv: list[str] | None = None) -> None:
     serve(args.host, args.port, config)
 
 
-class ScriptedLLM:
+class ScriptedLLM(ServerProcess):
     """The scripted server as a detached subprocess; ``config`` are ``ScriptConfig`` fields."""
+
+    module = "holmes_stream.devstack.scripted_llm"
+    stem = "llm"
+    label = "scripted LLM"
 
     def __init__(
         self,
@@ -456,16 +449,8 @@ class ScriptedLLM:
         data_dir: Path | None = None,
         **config: Any,
     ) -> None:
-        self.port = port
-        self.host = host
+        super().__init__(port, host, data_dir, config)
         self.config = ScriptConfig().updated(config)  # fail early on a bad key
-        self._config_changes = config
-        self.data_dir = Path(data_dir).resolve() if data_dir else None
-        self._tmp_dir: str | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
 
     @property
     def api_base(self) -> str:
@@ -475,59 +460,6 @@ class ScriptedLLM:
     def model(self) -> str:
         """The litellm model name that routes to this server."""
         return f"openai/{self.config.model}"
-
-    @property
-    def _dir(self) -> Path:
-        if self.data_dir is not None:
-            return self.data_dir
-        if self._tmp_dir is None:
-            self._tmp_dir = tempfile.mkdtemp(prefix="scripted-llm-")
-        return Path(self._tmp_dir)
-
-    @property
-    def pid_file(self) -> Path:
-        return self._dir / "llm.pid"
-
-    @property
-    def log_file(self) -> Path:
-        return self._dir / "llm.log"
-
-    @property
-    def _marker(self) -> str:
-        return f"scripted_llm --host {self.host} --port {self.port}"
-
-    def running(self) -> bool:
-        pid = read_pid(self.pid_file)
-        return pid is not None and pid_alive(pid, self._marker)
-
-    def start(self, timeout: float = 30) -> None:
-        """Spawn the server (no-op if running) and wait until /health answers."""
-        if self.running():
-            return
-        self._dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "holmes_stream.devstack.scripted_llm"]
-        argv += ["--host", self.host, "--port", str(self.port)]
-        argv += ["--config-json", json.dumps(self._config_changes)]
-        proc = spawn_detached(argv, self.log_file, env=_child_env())
-        self.pid_file.write_text(str(proc.pid))
-        try:
-            wait_until(
-                self._healthy,
-                timeout=timeout,
-                what=f"scripted LLM on {self.base_url}",
-                alive=lambda: proc.poll() is None,
-                log_file=self.log_file,
-                interval=0.05,
-            )
-        except BaseException:
-            self.kill()
-            raise
-
-    def stop(self, timeout: float = 10) -> None:
-        stop_pid(self.pid_file, self._marker, timeout)
-
-    def kill(self) -> None:
-        stop_pid(self.pid_file, self._marker, 5.0, sig=signal.SIGKILL)
 
     def configure(self, **changes: Any) -> dict[str, Any]:
         """Change failure injection (or any ScriptConfig field) of the running server."""
@@ -539,30 +471,11 @@ class ScriptedLLM:
     def reset(self) -> dict[str, Any]:
         return self._call("POST", "/_scripted/reset", {})
 
-    def _healthy(self) -> bool:
+    def _answers(self) -> bool:
         try:
             return bool(self._call("GET", "/health", timeout=1.0).get("status") == "ok")
         except (OSError, ValueError):
             return False
-
-    def _call(
-        self, method: str, path: str, body: Any = None, timeout: float = 5.0
-    ) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.base_url + path, data=data, method=method, headers={"Content-Type": _JSON}
-        )
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            result: dict[str, Any] = json.loads(resp.read())
-            return result
-
-
-def _child_env() -> dict[str, str]:
-    # The repo may not be installed in the interpreter's site-packages; make it importable.
-    repo_root = str(Path(__file__).resolve().parents[2])
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH")) if p)
-    return env
 
 
 if __name__ == "__main__":
