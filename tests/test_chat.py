@@ -10,13 +10,11 @@ import httpx
 from websockets.asyncio.client import connect
 
 from holmes_stream.settings import Settings
-from tests import test_engine_config
 from tests.conftest import fresh, load_fixture, make_settings
 from tests.test_engine_config import wait_terminal
 from tests.test_spine import read_sse
 
 # Workers whose engine is built as in production (Redis-backed breakers, catalog snapshot).
-start_engine_worker = test_engine_config.start_engine_worker
 
 
 async def ask(client: httpx.AsyncClient, investigation_id: str, message: str) -> dict[str, Any]:
@@ -39,11 +37,11 @@ def answer_of(events: list[dict[str, str]], turn: str) -> dict[str, Any]:
 
 
 async def test_two_turn_chat_continues_the_conversation(
-    stack, uid: str, scripted_llm_factory, start_engine_worker, start_api
+    stack, uid: str, scripted_llm_factory, start_worker, start_api
 ) -> None:
     llm = scripted_llm_factory()
     settings: Settings = make_settings(stack, uid, llm.api_base)
-    runtime = await start_engine_worker(settings)
+    runtime = await start_worker(settings)
     api = await start_api(settings, runtime)
     alert = fresh(load_fixture("single-alert.json"), uid)
 
@@ -106,11 +104,11 @@ async def test_two_turn_chat_continues_the_conversation(
 
 
 async def test_follow_ups_are_refused_while_running_or_without_a_conversation(
-    stack, uid: str, scripted_llm_factory, start_engine_worker, start_api
+    stack, uid: str, scripted_llm_factory, start_worker, start_api
 ) -> None:
     llm = scripted_llm_factory(latency_seconds=0.5)
     settings = make_settings(stack, uid, llm.api_base)
-    runtime = await start_engine_worker(settings)
+    runtime = await start_worker(settings)
     api = await start_api(settings, runtime)
     alert = fresh(load_fixture("single-alert.json"), uid)
     async with httpx.AsyncClient(base_url=api, timeout=30) as client:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from holmes_stream.devstack.scripted_llm import ScriptedLLM
@@ -84,23 +81,6 @@ def with_models(settings: Settings, models: list[ModelEntry], **llm: Any) -> Set
     return settings.model_copy(update={"llm": LLMSettings(**values)})
 
 
-@pytest.fixture
-async def start_engine_worker() -> AsyncIterator[Callable[..., Any]]:
-    """A worker whose engine is built as in production (Redis breaker, catalog snapshot)."""
-    from holmes_stream.engine.holmes_engine import build_engine
-
-    started: list[Runtime] = []
-
-    async def start(settings: Settings) -> Runtime:
-        runtime = Runtime.build(settings, worker=True, engine=build_engine(settings))
-        await runtime.start()
-        started.append(runtime)
-        return runtime
-
-    yield start
-    for runtime in reversed(started):
-        with contextlib.suppress(Exception):
-            await runtime.stop()
 
 
 async def wait_terminal(store: RecordStore, investigation_id: str, timeout: float = 45) -> Any:
@@ -133,7 +113,7 @@ async def test_failover_moves_to_the_next_model_and_records_why(
     uid: str,
     scripted_llm_factory,
     producer: AIOKafkaProducer,
-    start_engine_worker,
+    start_worker,
     monkeypatch,
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-test")
@@ -153,7 +133,7 @@ async def test_failover_moves_to_the_next_model_and_records_why(
         ),
     ]
     settings = with_models(make_settings(stack, uid), models)
-    runtime = await start_engine_worker(settings)
+    runtime = await start_worker(settings)
 
     record = await investigate(producer, settings, runtime, uid)
 
@@ -192,7 +172,7 @@ async def test_breaker_skips_a_dead_model_and_the_api_shows_it(
     uid: str,
     scripted_llm_factory,
     producer: AIOKafkaProducer,
-    start_engine_worker,
+    start_worker,
     start_api,
 ) -> None:
     dead = scripted_llm_factory(down=True)
@@ -201,7 +181,7 @@ async def test_breaker_skips_a_dead_model_and_the_api_shows_it(
     settings = with_models(
         make_settings(stack, uid), models, breaker_failures=1, breaker_cooldown_seconds=300
     )
-    runtime = await start_engine_worker(settings)
+    runtime = await start_worker(settings)
     api = await start_api(settings, runtime)
 
     first = await investigate(producer, settings, runtime, f"{uid}-1")
@@ -231,7 +211,7 @@ async def test_catalog_lists_models_and_toolsets_without_secrets_and_requests_st
     uid: str,
     scripted_llm_factory,
     producer: AIOKafkaProducer,
-    start_engine_worker,
+    start_worker,
     start_api,
     monkeypatch,
     tmp_path: Path,
@@ -254,7 +234,7 @@ async def test_catalog_lists_models_and_toolsets_without_secrets_and_requests_st
         custom_toolset_files=[toolsets_file],
         python_toolsets=["tests.test_engine_config:python_toolsets"],
     )
-    runtime = await start_engine_worker(settings)
+    runtime = await start_worker(settings)
     api = await start_api(settings, runtime)
 
     async with httpx.AsyncClient(base_url=api) as client:
