@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from holmes_stream import metrics
+from holmes_stream import logcontext, metrics
 from holmes_stream.budgets import BudgetExceeded
 from holmes_stream.engine.base import (
     ChatEngineRequest,
@@ -193,6 +193,12 @@ class ChatService:
     # -- worker side ------------------------------------------------------------------------
     async def handle(self, request: ChatRequest, source: Source) -> None:
         """Run one turn to its end. Idempotent: a redelivered turn that ended is skipped."""
+        with logcontext.bind(
+            investigation_id=request.investigation_id, tenant=request.tenant, chat_turn=request.turn
+        ):
+            await self._handle(request, source)
+
+    async def _handle(self, request: ChatRequest, source: Source) -> None:
         lease_id = f"{request.investigation_id}:chat:{request.turn}"
         owner = f"{self.service.worker_id}:{uuid.uuid4().hex[:8]}"
         seconds = self.service.settings.claim_lease_seconds
@@ -208,7 +214,8 @@ class ChatService:
             if record is None:
                 log.warning("chat turn for an unknown investigation %s", request.investigation_id)
                 return
-            await self._run_turn(record, request)
+            with logcontext.bind(fingerprint=record.fingerprint):
+                await self._run_turn(record, request)
         finally:
             keeper.cancel()
             await self.store.release_lease(lease_id, owner)
@@ -265,7 +272,11 @@ class ChatService:
             started = time.perf_counter()
             try:
                 result = await loop.run_in_executor(
-                    service.executor, engine.chat, engine_request, forward, cancel
+                    service.executor,
+                    logcontext.in_context(engine.chat),
+                    engine_request,
+                    forward,
+                    cancel,
                 )
             except TransientEngineError as exc:
                 await pump.close()

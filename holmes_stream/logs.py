@@ -1,4 +1,8 @@
-"""Structured JSON logs; ``extra`` fields such as investigation_id are carried through."""
+"""Structured JSON logs; ``extra`` fields such as investigation_id are carried through.
+
+Every record also carries the log context (``holmes_stream.logcontext``): investigation id,
+alert fingerprint, tenant, request id, and the trace and span ids when tracing is on.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from holmes_stream.logcontext import ContextFilter
 from holmes_stream.redaction import RedactingFilter
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
@@ -32,7 +37,9 @@ def configure(level: str = "INFO", as_json: bool = True) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    # Secrets never reach the logs: the filter sits on the handler, so it sees every record.
+    # Both filters sit on the handler, so they see every record, the libraries' too: the context
+    # first, then the redaction of secrets (which never reach the logs).
+    handler.addFilter(ContextFilter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

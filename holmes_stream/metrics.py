@@ -1,4 +1,10 @@
-"""Prometheus metrics. Names and labels are a public contract (alerts and dashboards use them)."""
+"""Prometheus metrics. Names and labels are a public contract (alerts and dashboards use them).
+
+Durations are in seconds, money in US dollars. Children whose label values are known up front
+are created at import (``_initialise``): they are exported as 0 before their first event, so
+``rate()``/``increase()`` see the first one and every name the alerts and dashboards use exists
+from the start. Per-model children are created when the engine is built.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ ALERTS_CONSUMED = Counter(
 ALERTS_PROCESSED = Counter(
     "holmes_stream_alerts_processed_total",
     "Alerts that reached an outcome",
-    ["outcome"],  # completed, failed, cancelled, skipped, duplicate, budget_exceeded
+    ["outcome"],  # completed, failed, cancelled, skipped, dead_lettered, budget_exceeded
 )
 DEAD_LETTERS = Counter(
     "holmes_stream_alerts_dead_lettered_total", "Messages sent to the dead-letter topic", ["reason"]
@@ -23,7 +29,13 @@ IN_FLIGHT = Gauge("holmes_stream_investigations_in_flight", "Investigations runn
 INVESTIGATION_DURATION = Histogram(
     "holmes_stream_investigation_duration_seconds",
     "Wall time of one investigation, LLM loop included",
-    ["outcome"],
+    ["outcome"],  # the outcomes above, plus `attempt` (one engine run) and `chat` (a follow-up)
+    buckets=_LATENCY_BUCKETS,
+)
+LLM_REQUEST_DURATION = Histogram(
+    "holmes_stream_llm_request_duration_seconds",
+    "Duration of one LLM request (one agent step) by model and outcome (ok, error)",
+    ["model", "outcome"],
     buckets=_LATENCY_BUCKETS,
 )
 LLM_CALLS = Counter(
@@ -60,3 +72,50 @@ HTTP_DURATION = Histogram(
     ["method", "route"],
     buckets=_LATENCY_BUCKETS,
 )
+
+
+# Label values known up front (the service's own vocabulary).
+OUTCOMES = ("completed", "failed", "cancelled", "skipped", "dead_lettered", "budget_exceeded")
+DEAD_LETTER_REASONS = (
+    "empty",
+    "oversize",
+    "undecodable",
+    "invalid_json",
+    "invalid_schema",
+    "internal_error",
+    "retries_exhausted",
+)
+RETRY_REASONS = ("llm", "infrastructure")
+DEDUP_SOURCES = ("api", "kafka", "lease")
+LLM_ERROR_KINDS = (
+    "timeout",
+    "unusable",
+    "rate_limit",
+    "connection",
+    "unavailable",
+    "client_error",
+    "other",
+)
+
+
+def _initialise() -> None:
+    for outcome in OUTCOMES:
+        ALERTS_PROCESSED.labels(outcome)
+    for reason in DEAD_LETTER_REASONS:
+        DEAD_LETTERS.labels(reason)
+    for reason in RETRY_REASONS:
+        RETRIES.labels(reason)
+    for source in DEDUP_SOURCES:
+        DEDUP_HITS.labels(source)
+    BUDGET_EXCEEDED.labels("default")  # alerts without a tenant; other tenants on first use
+
+
+def initialise_model(model: str) -> None:
+    """The per-model children of one configured model (called when the engine is built)."""
+    for outcome in ("ok", "error"):
+        LLM_CALLS.labels(model, outcome)
+    for kind in LLM_ERROR_KINDS:
+        LLM_ERRORS.labels(model, kind)
+
+
+_initialise()

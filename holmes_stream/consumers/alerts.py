@@ -23,7 +23,7 @@ from aiokafka.structs import OffsetAndMetadata
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
-from holmes_stream import metrics
+from holmes_stream import metrics, telemetry
 from holmes_stream.chat import ChatService, decode_chat
 from holmes_stream.consumers.offsets import OffsetTracker
 from holmes_stream.intake import AlertWork, RejectedMessage, decode_message
@@ -34,6 +34,8 @@ from holmes_stream.settings import Settings
 log = logging.getLogger(__name__)
 
 _COMMIT_INTERVAL_SECONDS = 0.5
+# How often the consumer lag of every assigned partition is measured.
+_LAG_INTERVAL_SECONDS = 10.0
 # Most messages one fetch hands to the handler.
 _MAX_BATCH = 500
 
@@ -53,6 +55,8 @@ class Dispatcher:
         self._closing = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._committer: asyncio.Task[None] | None = None
+        # Each record's work continues the trace of its traceparent header (tracing on).
+        self._traced = telemetry.record_tracer(settings.telemetry)
 
     # -- intake ----------------------------------------------------------------------------
     async def dispatch_batch(self, records: Any, consumer: AIOKafkaConsumer) -> None:
@@ -81,7 +85,7 @@ class Dispatcher:
         self._apply_backpressure()
 
     def _start(self, record: Any, state: Any, works: list[AlertWork]) -> None:
-        task = asyncio.create_task(self._process(record, works))
+        task = asyncio.create_task(self._traced(record, self._process(record, works)))
         self._tasks.add(task)
 
         def finished(t: asyncio.Task[None]) -> None:
@@ -190,12 +194,35 @@ class Dispatcher:
 
     # -- commits ---------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
+        lag_due = 0.0
         while True:
             await asyncio.sleep(_COMMIT_INTERVAL_SECONDS)
             try:
                 await self.commit()
             except Exception as exc:  # commit failures are retried on the next tick
                 log.warning("offset commit failed: %s", exc)
+            if time.monotonic() >= lag_due:
+                lag_due = time.monotonic() + _LAG_INTERVAL_SECONDS
+                await self.report_lag()
+
+    async def report_lag(self) -> None:
+        """``holmes_stream_consumer_lag_messages`` of every assigned partition: its end offset
+        (asked of the broker: fetches stop while paused) minus its commit point."""
+        consumer = self.consumer
+        partitions = list(consumer.assignment()) if consumer is not None else []
+        if consumer is None or not partitions:
+            return
+        try:
+            ends = await consumer.end_offsets(partitions)
+            for tp, end in ends.items():
+                point = self.tracker.commit_point(tp)
+                if point is None:  # nothing fetched from it here yet
+                    point = await consumer.committed(tp)
+                if point is not None:
+                    lag = max(0, end - point)
+                    metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+        except Exception as exc:  # informative only: the next tick tries again
+            log.debug("consumer lag not measured: %s", exc)
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
         if self.consumer is None:
@@ -218,7 +245,8 @@ class Dispatcher:
             log.warning("commit on revoke failed: %s", exc)
         # Not started yet and no longer ours: the partition's next owner gets them.
         self._backlog = collections.deque(
-            item for item in self._backlog
+            item
+            for item in self._backlog
             if TopicPartition(item[0].topic, item[0].partition) not in revoked
         )
         self.tracker.forget(revoked)

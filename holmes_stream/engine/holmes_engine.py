@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from holmes_stream import metrics
+from holmes_stream import logcontext, metrics
 from holmes_stream.engine.base import (
     ChatEngineRequest,
     EngineCancelled,
@@ -168,6 +168,8 @@ class HolmesEngine:
         names = [m.name for m in self._models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique: {names}")
+        for name in names:
+            metrics.initialise_model(name)
         self._extra_toolsets = list(extra_toolsets or [])
         self._toolsets_config = toolsets_config
         self.fast = fast
@@ -365,7 +367,8 @@ class HolmesEngine:
         stop = threading.Event()
         events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         runner = threading.Thread(
-            target=_drain,
+            # HolmesGPT's own log lines carry the investigation's log context and trace.
+            target=logcontext.in_context(_drain),
             args=(ai, messages, stop, events, gate),
             name="holmes-loop",
             daemon=True,
@@ -478,7 +481,7 @@ class HolmesEngine:
             raise ModelUnusable(f"the API key file of {entry.name} is unreadable: {exc}") from exc
         if key is None and entry.api_key_env:
             raise ModelUnusable(f"{entry.api_key_env}, the API key of {entry.name}, is not set")
-        return DefaultLLM(
+        llm = DefaultLLM(
             model=entry.model,
             api_key=key,
             api_base=entry.api_base,
@@ -486,6 +489,8 @@ class HolmesEngine:
             args=llm_args(entry, self._settings),
             name=entry.name,
         )
+        time_completions(llm, entry.name)
+        return llm
 
     def _filtered_executor(self, base: ToolExecutor, wanted: list[str]) -> ToolExecutor:
         """An executor offering only the named enabled toolsets (cached per selection)."""
@@ -581,6 +586,29 @@ def toolset_catalog(toolsets: list[Any]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def time_completions(llm: Any, model: str) -> None:
+    """``holmes_stream_llm_request_duration_seconds``: every LLM request of this ``DefaultLLM``.
+
+    HolmesGPT sends each request of its agent loop (and of its history compaction) through
+    ``llm.completion``; this instance's method is wrapped, HolmesGPT's code is unchanged.
+    """
+    complete = llm.completion
+    ok = metrics.LLM_REQUEST_DURATION.labels(model, "ok")
+    error = metrics.LLM_REQUEST_DURATION.labels(model, "error")
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            response = complete(*args, **kwargs)
+        except BaseException:
+            error.observe(time.perf_counter() - started)
+            raise
+        ok.observe(time.perf_counter() - started)
+        return response
+
+    llm.completion = timed
 
 
 def count_llm_error(model: str, exc: BaseException) -> None:

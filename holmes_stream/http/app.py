@@ -18,6 +18,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from holmes_stream import telemetry
 from holmes_stream.auth import ADMIN, Authenticator
 from holmes_stream.http.alertmanager import AlertmanagerController
 from holmes_stream.http.catalog import CatalogController
@@ -25,6 +26,7 @@ from holmes_stream.http.chat import ChatController, chat_socket
 from holmes_stream.http.health import HealthController, MetricsController
 from holmes_stream.http.investigations import InvestigationController
 from holmes_stream.http.problems import exception_handlers
+from holmes_stream.http.requestcontext import RequestContextMiddleware
 from holmes_stream.http.security import (
     SECURITY,
     HttpMetricsMiddleware,
@@ -132,10 +134,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         lifespan=[lifespan],
         exception_handlers=exception_handlers,
         request_max_body_size=settings.api.max_body_bytes,
-        middleware=[HttpMetricsMiddleware()],
+        middleware=[RequestContextMiddleware(), HttpMetricsMiddleware()],
+        plugins=_plugins(settings),
         before_send=[security_headers_hook(settings.api)],
         cors_config=_cors(settings),
         openapi_config=openapi_config(),
+        # Logging is ours (logs.configure): Litestar's default would replace the root handler,
+        # and with it the JSON format, the log context and the redaction of secrets.
+        logging_config=None,
     )
 
 
@@ -160,6 +166,12 @@ def build_routes(settings: Settings) -> list[Any]:
     ]
 
 
+def _plugins(settings: Settings) -> list[Any]:
+    """Tracing of every request (continuing an incoming ``traceparent``) when it is on."""
+    tel = telemetry.setup(settings.telemetry)
+    return [] if tel is None else [tel.litestar_plugin()]
+
+
 def _cors(settings: Settings) -> CORSConfig | None:
     if not settings.api.cors_origins:
         return None
@@ -167,7 +179,13 @@ def _cors(settings: Settings) -> CORSConfig | None:
         allow_origins=settings.api.cors_origins,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-API-Key"],
-        expose_headers=["Location", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining"],
+        expose_headers=[
+            "Location",
+            "Retry-After",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "X-Request-ID",
+        ],
         allow_credentials=False,
         max_age=600,
     )
