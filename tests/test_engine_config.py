@@ -81,8 +81,6 @@ def with_models(settings: Settings, models: list[ModelEntry], **llm: Any) -> Set
     return settings.model_copy(update={"llm": LLMSettings(**values)})
 
 
-
-
 async def wait_terminal(store: RecordStore, investigation_id: str, timeout: float = 45) -> Any:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
