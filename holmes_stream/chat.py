@@ -310,7 +310,7 @@ class ChatService:
                 await self._end(record, request, error=f"{type(exc).__name__}: {exc}")
                 return
             finally:
-                metrics.INVESTIGATION_DURATION.labels("chat").observe(time.perf_counter() - started)
+                metrics.ENGINE_RUN_DURATION.labels("chat").observe(time.perf_counter() - started)
             await pump.close()
             await self._complete(record, request, question, result)
             return

@@ -28,8 +28,14 @@ DEAD_LETTERS = Counter(
 IN_FLIGHT = Gauge("holmes_stream_investigations_in_flight", "Investigations running now")
 INVESTIGATION_DURATION = Histogram(
     "holmes_stream_investigation_duration_seconds",
-    "Wall time of one investigation, LLM loop included",
-    ["outcome"],  # the outcomes above, plus `attempt` (one engine run) and `chat` (a follow-up)
+    "Wall time of one investigation from its start to its outcome, retries included",
+    ["outcome"],  # the outcomes above
+    buckets=_LATENCY_BUCKETS,
+)
+ENGINE_RUN_DURATION = Histogram(
+    "holmes_stream_engine_run_duration_seconds",
+    "Wall time of one run of the agent loop",
+    ["kind"],  # attempt (of an investigation), chat (a follow-up turn)
     buckets=_LATENCY_BUCKETS,
 )
 LLM_REQUEST_DURATION = Histogram(

@@ -445,7 +445,8 @@ class InvestigationService:
                 stop = await self._stop_reason(record.id)
                 if stop is not None:
                     return await self._finish(record, Status.CANCELLED, reason=stop)
-                record.status, record.started_at = Status.RUNNING, utcnow()
+                record.status = Status.RUNNING
+                record.started_at = record.started_at or utcnow()
                 record.attempts += 1
                 await self.store.put(record)
                 await self.emit(record, "started", {"attempt": record.attempts})
@@ -543,7 +544,7 @@ class InvestigationService:
             return await self._finish(record, Status.FAILED, error=f"{type(exc).__name__}: {exc}")
         finally:
             metrics.IN_FLIGHT.dec()
-            metrics.INVESTIGATION_DURATION.labels("attempt").observe(time.perf_counter() - started)
+            metrics.ENGINE_RUN_DURATION.labels("attempt").observe(time.perf_counter() - started)
         await pump.close()
         self._account(result, work.tenant)
         if self.extras.redactor is not None:
