@@ -186,7 +186,11 @@ class EventPump:
     async def _drain(self) -> None:
         while (item := await self._queue.get()) is not None:
             try:
-                await self._service.emit(self._record, *item)
+                type_, payload = item
+                # What the engine reports was built from redacted input and redacted tool output.
+                await self._service.emit(
+                    self._record, type_, payload, redact=not self._service._engine_redacts
+                )
             except TRANSIENT_IO:
                 log.warning("progress event lost", extra={"investigation_id": self._record.id})
 
@@ -547,14 +551,22 @@ class InvestigationService:
             metrics.ENGINE_RUN_DURATION.labels("attempt").observe(time.perf_counter() - started)
         await pump.close()
         self._account(result, work.tenant)
-        if self.extras.redactor is not None:
-            conversation = result.conversation
-            result = InvestigationResult.model_validate(
-                self.extras.redactor.redact_obj(result.model_dump(mode="json"))
-            ).with_conversation(
-                self.extras.redactor.redact_obj(conversation) if conversation else None
-            )
+        redactor = self.extras.redactor
+        if redactor is not None:
+            if self._engine_redacts:
+                # Tool output was redacted before the LLM saw it, and the prompt was built from
+                # redacted input: only the model's own words are checked once more.
+                result.analysis = redactor.redact_text(result.analysis)
+            else:
+                conversation = result.conversation
+                result = InvestigationResult.model_validate(
+                    redactor.redact_obj(result.model_dump(mode="json"))
+                ).with_conversation(redactor.redact_obj(conversation) if conversation else None)
         return await self._finish(record, Status.COMPLETED, result=result)
+
+    @property
+    def _engine_redacts(self) -> bool:
+        return bool(getattr(self.engine, "redacts_tool_output", False))
 
     def _account(self, result: InvestigationResult, tenant: str | None) -> None:
         t = tenant or "default"
@@ -631,8 +643,15 @@ class InvestigationService:
         event_type = "failed" if record.status is Status.DEAD_LETTERED else str(record.status)
         await self.emit(record, event_type, payload)
 
-    async def emit(self, record: InvestigationRecord, type_: str, payload: dict[str, Any]) -> None:
-        if self.extras.redactor is not None:
+    async def emit(
+        self,
+        record: InvestigationRecord,
+        type_: str,
+        payload: dict[str, Any],
+        *,
+        redact: bool = True,
+    ) -> None:
+        if redact and self.extras.redactor is not None:
             payload = self.extras.redactor.redact_obj(payload)
         event: ProgressEvent = await self.store.append_event(record.id, type_, payload)
         await self.producers.publish_progress(event, record.fingerprint)

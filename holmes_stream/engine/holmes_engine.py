@@ -183,6 +183,11 @@ class HolmesEngine:
         _prepare_environment(settings)
 
     @property
+    def redacts_tool_output(self) -> bool:
+        """Whether tool output is redacted before the LLM, the events and the result see it."""
+        return self._redact is not None
+
+    @property
     def model_name(self) -> str:
         """The primary model's configured name."""
         return self._models[0].name

@@ -89,6 +89,8 @@ class KafkaProducers:
             record.model_dump_json().encode(),
             key=record.id.encode(),
             headers=_headers(record.fingerprint, status=str(record.status)),
+            # Our ids already correlate; FastStream would otherwise draw a random UUID each time.
+            correlation_id=f"{record.id}:{record.status}",
         )
 
     async def publish_progress(self, event: ProgressEvent, fingerprint: str) -> None:
@@ -97,6 +99,7 @@ class KafkaProducers:
             event.model_dump_json().encode(),
             key=event.investigation_id.encode(),
             headers=_headers(fingerprint, event=event.type),
+            correlation_id=f"{event.investigation_id}:{event.seq}",
             no_confirm=True,
         )
 
