@@ -7,7 +7,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from litestar.connection import ASGIConnection
-from litestar.datastructures import MutableScopeHeaders
 from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
@@ -94,30 +93,40 @@ async def _rate_limit(connection: ASGIConnection[Any, Any, Any, Any], principal:
 
 
 def security_headers_hook(settings: ApiSettings) -> Callable[[Message, Scope], Awaitable[None]]:
-    """A ``before_send`` hook: security and rate-limit headers on every answer, errors too."""
+    """A ``before_send`` hook: security and rate-limit headers on every answer, errors too.
+
+    Headers are added as raw pairs in one pass (this runs on every response; a header
+    object with a lookup per header costs more than the lookup handler itself).
+    """
+    common: list[tuple[bytes, bytes]] = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+        (b"permissions-policy", b"geolocation=(), microphone=(), camera=()"),
+    ]
+    if settings.hsts_max_age_seconds > 0:
+        hsts = f"max-age={settings.hsts_max_age_seconds}; includeSubDomains".encode()
+        common.append((b"strict-transport-security", hsts))
+    strict = [*common, (b"content-security-policy", CSP_STRICT.encode())]
+    docs = [*common, (b"content-security-policy", CSP_DOCS.encode())]
 
     async def before_send(message: Message, scope: Scope) -> None:
         if message["type"] != "http.response.start":
             return
-        headers = MutableScopeHeaders.from_message(message)
-        path = scope.get("path", "")
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "no-referrer")
-        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        headers.setdefault("Permissions-Policy", "geolocation=(), microphone=(), camera=()")
-        headers.setdefault(
-            "Content-Security-Policy", CSP_DOCS if path.startswith("/docs") else CSP_STRICT
-        )
-        if settings.hsts_max_age_seconds > 0:
-            headers.setdefault(
-                "Strict-Transport-Security",
-                f"max-age={settings.hsts_max_age_seconds}; includeSubDomains",
-            )
+        raw = list(message.get("headers") or ())
+        present = {name.lower() for name, _ in raw}
+        wanted = docs if scope.get("path", "").startswith("/docs") else strict
+        raw.extend(pair for pair in wanted if pair[0] not in present)
         decision = cast(dict[str, Any], scope).get(_RATELIMIT_SCOPE_KEY)
         if isinstance(decision, Decision):
-            headers.setdefault("RateLimit-Limit", str(decision.limit))
-            headers.setdefault("RateLimit-Remaining", str(decision.remaining))
+            for name, value in (
+                (b"ratelimit-limit", decision.limit),
+                (b"ratelimit-remaining", decision.remaining),
+            ):
+                if name not in present:
+                    raw.append((name, str(value).encode()))
+        message["headers"] = raw
         if "path_template" not in scope:  # no route matched: the middleware did not see it
             metrics.HTTP_REQUESTS.labels(
                 scope.get("method", "GET"), "unmatched", str(message["status"])
