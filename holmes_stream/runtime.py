@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from faststream.kafka import KafkaBroker
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 
 from holmes_stream import telemetry
 from holmes_stream.budgets import Budgets, SyncBudgetGuard
@@ -66,21 +66,8 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings, *, worker: bool, engine: Any = None) -> Runtime:
-        # A blocking pool queues callers when all connections are busy instead of failing them.
-        pool = BlockingConnectionPool.from_url(
-            settings.redis.url,
-            max_connections=settings.redis.max_connections,
-            timeout=30,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-        )
-        redis = Redis(connection_pool=pool)
-        store = RecordStore(
-            redis,
-            settings.redis.key_prefix,
-            settings.redis.record_ttl_seconds,
-            settings.redis.events_max_len,
-        )
+        store = RecordStore.connect(settings.redis, settings.redis.max_connections, 30)
+        redis = store.redis
         broker = make_broker(settings.kafka, telemetry.setup(settings.telemetry))
         producers = KafkaProducers(broker, settings.kafka)
         executor = None
@@ -135,4 +122,4 @@ class Runtime:
             self.executor.shutdown(wait=False, cancel_futures=True)
         if self.service.extras.enricher is not None:
             await self.service.extras.enricher.aclose()
-        await self.redis.aclose()
+        await self.redis.aclose(close_connection_pool=True)

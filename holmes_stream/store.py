@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from holmes_stream.schemas import InvestigationRecord, ProgressEvent
+from holmes_stream.settings import RedisSettings
 
 # Sequence number and stream entry are written together so that a reader resuming from
 # sequence N gets exactly the events after N, whichever worker wrote them.
@@ -107,6 +108,25 @@ class RecordStore:
         self._release = redis.register_script(_RELEASE_LEASE)
         self._create = redis.register_script(_CREATE_RECORD)
         self._settle_new = redis.register_script(_SETTLE_NEW)
+
+    @classmethod
+    def connect(
+        cls, settings: RedisSettings, max_connections: int, pool_timeout: float
+    ) -> RecordStore:
+        """A store on its own pool; callers queue for a connection instead of failing."""
+        pool = BlockingConnectionPool.from_url(
+            settings.url,
+            max_connections=max_connections,
+            timeout=pool_timeout,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+        )
+        return cls(
+            Redis(connection_pool=pool),
+            settings.key_prefix,
+            settings.record_ttl_seconds,
+            settings.events_max_len,
+        )
 
     # -- keys -------------------------------------------------------------------------------
     def _k(self, *parts: str) -> str:

@@ -16,7 +16,6 @@ from litestar.config.cors import CORSConfig
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
-from redis.asyncio import BlockingConnectionPool, Redis
 
 from holmes_stream import telemetry
 from holmes_stream.auth import ADMIN, Authenticator
@@ -91,20 +90,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 with contextlib.suppress(Exception):
                     await rt.broker.stop()
                 reconnect = asyncio.create_task(_connect_later(rt))
-        pool = BlockingConnectionPool.from_url(
-            settings.redis.url,
-            max_connections=HTTP_REDIS_CONNECTIONS,
-            timeout=10,
-            socket_timeout=10,
-            socket_connect_timeout=5,
-        )
-        redis = Redis(connection_pool=pool)
-        store = RecordStore(
-            redis,
-            settings.redis.key_prefix,
-            settings.redis.record_ttl_seconds,
-            settings.redis.events_max_len,
-        )
+        # Its own pool: in `run` mode the worker's traffic must not queue API requests.
+        store = RecordStore.connect(settings.redis, HTTP_REDIS_CONNECTIONS, pool_timeout=10)
+        redis = store.redis
         hub = SSEHub(settings.redis.url, store, block_ms=5000)
         await hub.start()
         async with httpx.AsyncClient(timeout=3) as client:
@@ -124,8 +112,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
                 if reconnect is not None:
                     reconnect.cancel()
                 await hub.stop()
-                await redis.aclose()
-                await pool.disconnect()
+                await redis.aclose(close_connection_pool=True)
                 if own:
                     await rt.stop()
 
