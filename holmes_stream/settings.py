@@ -237,39 +237,6 @@ class RateLimitSettings(BaseModel):
     )
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="HOLMES_STREAM_",
-        env_nested_delimiter="__",
-        extra="ignore",
-    )
-
-    kafka: KafkaSettings = KafkaSettings()
-    redis: RedisSettings = RedisSettings()
-    llm: LLMSettings = LLMSettings()
-    worker: WorkerSettings = WorkerSettings()
-    api: ApiSettings = ApiSettings()
-    auth: AuthSettings = AuthSettings()
-    ratelimit: RateLimitSettings = RateLimitSettings()
-    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR")
-    log_json: bool = Field(True, description="Structured JSON logs")
-    dev_dir: Path = Field(Path(".devstack"), description="Where `dev up` keeps data and logs")
-    enrichment: EnrichmentSettings = Field(default_factory=lambda: EnrichmentSettings())
-    redaction: RedactionSettings = Field(default_factory=lambda: RedactionSettings())
-    budgets: BudgetSettings = Field(default_factory=lambda: BudgetSettings())
-    telemetry: TelemetrySettings = Field(default_factory=lambda: TelemetrySettings())
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings()
-
-
-# --------------------------------------------------------------------------------------------
-# Enrichment, redaction and budgets (appended; ``Settings`` gains one field per group)
-# --------------------------------------------------------------------------------------------
-
-
 class ContextApiSettings(BaseModel):
     url: str | None = Field(
         default=None,
@@ -381,5 +348,29 @@ class TelemetrySettings(BaseModel):
     )
 
 
-# Settings names the groups above before they are defined; resolve those references now.
-Settings.model_rebuild()
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="HOLMES_STREAM_",
+        env_nested_delimiter="__",
+        extra="ignore",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    redis: RedisSettings = RedisSettings()
+    llm: LLMSettings = LLMSettings()
+    worker: WorkerSettings = WorkerSettings()
+    api: ApiSettings = ApiSettings()
+    auth: AuthSettings = AuthSettings()
+    ratelimit: RateLimitSettings = RateLimitSettings()
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR")
+    log_json: bool = Field(True, description="Structured JSON logs")
+    dev_dir: Path = Field(Path(".devstack"), description="Where `dev up` keeps data and logs")
+    enrichment: EnrichmentSettings = EnrichmentSettings()
+    redaction: RedactionSettings = RedactionSettings()
+    budgets: BudgetSettings = BudgetSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
