@@ -180,14 +180,21 @@ def build_arguments(schema: dict[str, Any], texts: list[str]) -> dict[str, Any]:
     required = set(schema.get("required") or [])
     args: dict[str, Any] = {}
     for name, spec in props.items():
-        ptype = spec.get("type", "string") if isinstance(spec, dict) else "string"
+        spec = spec if isinstance(spec, dict) else {}
+        branches = [b for b in spec.get("anyOf") or [] if isinstance(b, dict)]
+        if branches:  # strict schemas: {"anyOf": [{"type": "integer"}, {"type": "null"}]}
+            ptype: Any = [b.get("type", "string") for b in branches]
+        else:
+            ptype = spec.get("type", "string")
+        nullable = isinstance(ptype, list) and "null" in ptype
         if isinstance(ptype, list):  # e.g. ["string", "null"]
             ptype = next((t for t in ptype if t != "null"), "string")
         value = _find_json_value(texts, name)
         if value is not None:
             args[name] = str(value) if ptype == "string" else value
         elif name in required:
-            args[name] = _TYPE_DEFAULTS.get(ptype, "unknown")
+            # Strict schemas list optional parameters as required but nullable.
+            args[name] = None if nullable else _TYPE_DEFAULTS.get(ptype, "unknown")
     return args
 
 
