@@ -182,7 +182,7 @@ class ChatController(Controller):
 
 
 def _message(event: ProgressEvent) -> ServerSentEventMessage:
-    return ServerSentEventMessage(data=event.model_dump_json(), event=event.type, id=event.seq)
+    return ServerSentEventMessage(data=event.json_text(), event=event.type, id=event.seq)
 
 
 def _of_turn(event: ProgressEvent, turn: str) -> bool:

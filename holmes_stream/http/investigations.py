@@ -350,7 +350,7 @@ class InvestigationController(Controller):
 
 
 def _message(event: ProgressEvent) -> ServerSentEventMessage:
-    return ServerSentEventMessage(data=event.model_dump_json(), event=event.type, id=event.seq)
+    return ServerSentEventMessage(data=event.json_text(), event=event.type, id=event.seq)
 
 
 def _long_finished(record: InvestigationRecord | None, grace: float) -> bool:

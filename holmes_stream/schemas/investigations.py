@@ -156,7 +156,14 @@ class ProgressEvent(BaseModel):
     type: EventType
     payload: dict[str, Any] = Field(default_factory=dict)
     at: datetime = Field(default_factory=utcnow)
+    _json: str | None = PrivateAttr(default=None)
 
     @property
     def terminal(self) -> bool:
         return self.type in TERMINAL_EVENTS
+
+    def json_text(self) -> str:
+        """The event as JSON, serialised once: one event goes out to every client following it."""
+        if self._json is None:
+            self._json = self.model_dump_json()
+        return self._json
