@@ -31,7 +31,12 @@ from holmes_stream.chat import (
     ChatService,
     ChatTurn,
 )
-from holmes_stream.http.investigations import AccessToken, InvestigationId, load_visible
+from holmes_stream.http.investigations import (
+    AccessToken,
+    InvestigationId,
+    load_visible,
+    sse_message,
+)
 from holmes_stream.http.problems import Problem
 from holmes_stream.http.security import SECURITY, requires
 from holmes_stream.http.sse_hub import SSEHub
@@ -181,10 +186,6 @@ class ChatController(Controller):
         return ServerSentEvent(stream, retry_duration=2000, headers={"X-Accel-Buffering": "no"})
 
 
-def _message(event: ProgressEvent) -> ServerSentEventMessage:
-    return ServerSentEventMessage(data=event.json_text(), event=event.type, id=event.seq)
-
-
 def _of_turn(event: ProgressEvent, turn: str) -> bool:
     return event.payload.get("turn") == turn
 
@@ -205,7 +206,7 @@ async def turn_stream(
             if event is None:
                 yield ServerSentEventMessage(comment="keep-alive")
             else:
-                yield _message(event)
+                yield sse_message(event)
     finally:
         metrics.SSE_CLIENTS.dec()
 

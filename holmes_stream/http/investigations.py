@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -349,8 +350,25 @@ class InvestigationController(Controller):
         return ServerSentEvent(stream, retry_duration=2000, headers={"X-Accel-Buffering": "no"})
 
 
-def _message(event: ProgressEvent) -> ServerSentEventMessage:
-    return ServerSentEventMessage(data=event.json_text(), event=event.type, id=event.seq)
+class _Encoded(ServerSentEventMessage):
+    """A message whose wire form is already known."""
+
+    def __init__(self, encoded: bytes) -> None:
+        super().__init__()
+        self._encoded = encoded
+
+    def encode(self) -> bytes:
+        return self._encoded
+
+
+@functools.lru_cache(maxsize=8192)
+def _encoded(seq: int, type_: str, data: str) -> bytes:
+    return ServerSentEventMessage(data=data, event=type_, id=seq).encode()
+
+
+def sse_message(event: ProgressEvent) -> ServerSentEventMessage:
+    """An event as SSE, encoded once for all the clients that follow its investigation."""
+    return _Encoded(_encoded(event.seq, event.type, event.json_text()))
 
 
 def _long_finished(record: InvestigationRecord | None, grace: float) -> bool:
@@ -372,11 +390,11 @@ async def event_stream(
     try:
         if _long_finished(record, keepalive):
             for event in await store.events_after(investigation_id, after):
-                yield _message(event)
+                yield sse_message(event)
             return
         watch = await hub.watch(investigation_id)
         for event in await store.events_after(investigation_id, after):
-            yield _message(event)
+            yield sse_message(event)
             after = event.seq
             if event.terminal:
                 return
@@ -386,13 +404,13 @@ async def event_stream(
             except TimeoutError:
                 if _long_finished(await store.get(investigation_id), keepalive):
                     for event in await store.events_after(investigation_id, after):
-                        yield _message(event)
+                        yield sse_message(event)
                     return
                 yield ServerSentEventMessage(comment="keep-alive", data=None)
                 continue
             if event.seq <= after:
                 continue
-            yield _message(event)
+            yield sse_message(event)
             after = event.seq
             if event.terminal:
                 return
