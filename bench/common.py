@@ -18,7 +18,7 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from holmes_stream.devstack.kafka import spawn_detached, stop_pid
+from holmes_stream.devstack.process import spawn_detached, stop_pid
 from holmes_stream.devstack.stack import LocalStack
 from holmes_stream.settings import (
     ApiSettings,
@@ -268,7 +268,7 @@ class CpuMeter:
 
 
 def stack_pids(stack: LocalStack) -> dict[str, Callable[[], list[int]]]:
-    from holmes_stream.devstack.kafka import read_pid
+    from holmes_stream.devstack.process import read_pid
 
     def pid_of(path: Path) -> Callable[[], list[int]]:
         return lambda: [p for p in [read_pid(path)] if p is not None]

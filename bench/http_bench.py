@@ -31,7 +31,7 @@ from bench.common import (
     summary,
 )
 from bench.nollm import seed_finished
-from holmes_stream.devstack.kafka import spawn_detached
+from holmes_stream.devstack.process import spawn_detached
 from holmes_stream.devstack.stack import LocalStack
 
 

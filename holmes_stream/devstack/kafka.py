@@ -1,173 +1,21 @@
-"""A single-node KRaft Kafka broker run from Maven Central jars, for development and tests.
-
-The module also holds the small process helpers (pid files, detached spawn, graceful stop)
-that the Redis and scripted-LLM helpers share.
-"""
+"""A single-node KRaft Kafka broker run from Maven Central jars, for development and tests."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
-import fcntl
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from holmes_stream.devstack.process import ManagedProcess, file_lock, tcp_open
+
 DEFAULT_KAFKA_VERSION = "4.4.0"
-
-# --------------------------------------------------------------------------------------------
-# Process helpers shared by the devstack modules
-# --------------------------------------------------------------------------------------------
-
-
-def read_pid(pid_file: Path) -> int | None:
-    try:
-        return int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-Marker = str | tuple[str, ...] | None
-
-
-def pid_alive(pid: int, marker: Marker = None) -> bool:
-    """True if ``pid`` runs and, when given, its command line contains ``marker`` (or one of).
-
-    The marker guards against a stale pid file whose pid was reused by another program.
-    Zombies count as dead: a process we started but did not reap yet has already exited.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        state = stat.rsplit(")", 1)[1].split()[0]
-        if state in ("Z", "X"):
-            _reap(pid)
-            return False
-        if marker is not None:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            markers = (marker,) if isinstance(marker, str) else marker
-            return any(m.encode() in cmdline for m in markers)
-    except (OSError, IndexError):
-        return False
-    return True
-
-
-def _reap(pid: int) -> None:
-    # Only succeeds for our own children; for others the zombie belongs to their parent.
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def spawn_detached(
-    argv: Sequence[str],
-    log_file: Path,
-    *,
-    cwd: Path | None = None,
-    env: dict[str, str] | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own session so it outlives us and ignores our terminal's Ctrl-C."""
-    with open(log_file, "ab") as log:
-        return subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
-
-
-def wait_for_exit(pid: int, marker: Marker, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid, marker):
-            return True
-        time.sleep(0.05)
-    return not pid_alive(pid, marker)
-
-
-def stop_pid(pid_file: Path, marker: Marker, timeout: float, sig: int = signal.SIGTERM) -> bool:
-    """Signal the process named in ``pid_file``, escalate to SIGKILL after ``timeout``.
-
-    Returns True if a live process was found. The pid file is removed in every case.
-    """
-    pid = read_pid(pid_file)
-    found = pid is not None and pid_alive(pid, marker)
-    if pid is not None and found:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
-        if sig != signal.SIGKILL and not wait_for_exit(pid, marker, timeout):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        wait_for_exit(pid, marker, 10.0)
-    with contextlib.suppress(FileNotFoundError):
-        pid_file.unlink()
-    return found
-
-
-def wait_until(
-    ready: Callable[[], bool],
-    *,
-    timeout: float,
-    what: str,
-    alive: Callable[[], bool] | None = None,
-    log_file: Path | None = None,
-    interval: float = 0.1,
-) -> None:
-    """Poll ``ready`` until true; fail fast with the log tail if the process died."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if ready():
-            return
-        if alive is not None and not alive():
-            raise RuntimeError(f"{what} exited during start-up{_log_tail(log_file)}")
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what} not ready after {timeout:.0f}s{_log_tail(log_file)}")
-        time.sleep(interval)
-
-
-def _log_tail(log_file: Path | None, lines: int = 30) -> str:
-    if log_file is None or not log_file.exists():
-        return ""
-    tail = log_file.read_text(errors="replace").splitlines()[-lines:]
-    return f"; last lines of {log_file}:\n" + "\n".join(tail)
-
-
-def tcp_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock across processes (released if the holder dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
 
 # --------------------------------------------------------------------------------------------
 # Kafka jars
@@ -308,7 +156,7 @@ def random_cluster_id() -> str:
             return cid
 
 
-class KafkaBroker:
+class KafkaBroker(ManagedProcess):
     """A combined broker+controller KRaft node whose data lives in ``data_dir``."""
 
     def __init__(
@@ -326,7 +174,7 @@ class KafkaBroker:
         self.version = version
         self.heap = heap
         self.host = host
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     @property
     def bootstrap_servers(self) -> str:
@@ -349,10 +197,6 @@ class KafkaBroker:
     def _marker(self) -> str:
         return str(self._properties)
 
-    def running(self) -> bool:
-        pid = read_pid(self.pid_file)
-        return pid is not None and pid_alive(pid, self._marker)
-
     def start(self, timeout: float = 90) -> None:
         """Start the broker (no-op if already running) and wait until it serves metadata."""
         if self.running():
@@ -361,36 +205,15 @@ class KafkaBroker:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self._format_storage(classpath)
-        self._proc = spawn_detached(self._java_argv(classpath, "kafka.Kafka"), self.log_file)
-        self.pid_file.write_text(str(self._proc.pid))
-        try:
-            wait_until(
-                self._ready,
-                timeout=timeout,
-                what=f"Kafka broker on {self.bootstrap_servers}",
-                alive=lambda: self._proc is not None and self._proc.poll() is None,
-                log_file=self.data_dir / "server.log",
-                interval=0.25,
-            )
-        except BaseException:
-            self.kill()
-            raise
-
-    def stop(self, timeout: float = 30) -> None:
-        """Graceful shutdown (SIGTERM, SIGKILL after ``timeout``); data stays on disk."""
-        stop_pid(self.pid_file, self._marker, timeout)
-        self._reap_own()
-
-    def kill(self) -> None:
-        """SIGKILL, as in a crash: the next start recovers the logs."""
-        stop_pid(self.pid_file, self._marker, 10.0, sig=signal.SIGKILL)
-        self._reap_own()
-
-    def _reap_own(self) -> None:
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(timeout=5)
-            self._proc = None
+        self._launch(
+            self._java_argv(classpath, "kafka.Kafka"),
+            self.log_file,
+            ready=self._ready,
+            what=f"Kafka broker on {self.bootstrap_servers}",
+            timeout=timeout,
+            interval=0.25,
+            failure_log=self.data_dir / "server.log",
+        )
 
     def _write_config(self) -> None:
         logs = self.data_dir / "logs"

@@ -4,19 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 from pathlib import Path
 
-from holmes_stream.devstack.kafka import (
-    file_lock,
-    pid_alive,
-    read_pid,
-    spawn_detached,
-    stop_pid,
-    wait_until,
-)
+from holmes_stream.devstack.process import ManagedProcess, file_lock
 
 _APT_LOCK = Path("/tmp/holmes-stream-apt-redis.lock")
 
@@ -63,14 +55,14 @@ def redis_ping(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-class RedisServer:
+class RedisServer(ManagedProcess):
     """``redis-server`` on its own port and directory, persisted with ``appendonly yes``."""
 
     def __init__(self, data_dir: Path, port: int = 16379, host: str = "127.0.0.1") -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.host = host
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     @property
     def url(self) -> str:
@@ -93,10 +85,6 @@ class RedisServer:
         # Redis soon rewrites its process title from "redis-server CONF" to "... HOST:PORT".
         return (str(self._conf), f"{self.host}:{self.port}")
 
-    def running(self) -> bool:
-        pid = read_pid(self.pid_file)
-        return pid is not None and pid_alive(pid, self._marker)
-
     def start(self, timeout: float = 30) -> None:
         """Start the server (no-op if already running) and wait until it answers PING."""
         if self.running():
@@ -105,40 +93,16 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         # stdout only catches start-up failures; redis itself logs to redis.log.
-        self._proc = spawn_detached(
-            [binary, str(self._conf)], self.data_dir / "redis.out", cwd=self.data_dir
+        self._launch(
+            [binary, str(self._conf)],
+            self.data_dir / "redis.out",
+            ready=lambda: redis_ping(self.host, self.port),
+            what=f"Redis on {self.host}:{self.port}",
+            timeout=timeout,
+            interval=0.05,
+            failure_log=self.log_file,
+            cwd=self.data_dir,
         )
-        self.pid_file.write_text(str(self._proc.pid))
-        try:
-            wait_until(
-                lambda: redis_ping(self.host, self.port),
-                timeout=timeout,
-                what=f"Redis on {self.host}:{self.port}",
-                alive=lambda: self._proc is not None and self._proc.poll() is None,
-                log_file=self.log_file,
-                interval=0.05,
-            )
-        except BaseException:
-            self.kill()
-            raise
-
-    def stop(self, timeout: float = 30) -> None:
-        """SIGTERM: Redis flushes the AOF and exits, so a restart keeps the data."""
-        stop_pid(self.pid_file, self._marker, timeout)
-        self._reap_own()
-
-    def kill(self) -> None:
-        """SIGKILL, as in a crash: at most the last second of writes is lost."""
-        stop_pid(self.pid_file, self._marker, 10.0, sig=signal.SIGKILL)
-        self._reap_own()
-
-    def _reap_own(self) -> None:
-        if self._proc is not None:
-            try:
-                self._proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
-            self._proc = None
 
     def _write_config(self) -> None:
         conf = {

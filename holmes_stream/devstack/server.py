@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
 
-from holmes_stream.devstack.kafka import pid_alive, read_pid, spawn_detached, stop_pid, wait_until
+from holmes_stream.devstack.process import ManagedProcess
 
 _JSON = "application/json"
 
@@ -24,7 +23,7 @@ def child_env() -> dict[str, str]:
     return env
 
 
-class ServerProcess:
+class ServerProcess(ManagedProcess):
     """Start, probe, control and stop one server; a pid file makes it stoppable from anywhere.
 
     Subclasses name their module, file stem and label, and say when the server answers.
@@ -33,8 +32,10 @@ class ServerProcess:
     module: ClassVar[str]
     stem: ClassVar[str]
     label: ClassVar[str]
+    stop_timeout = 10.0
 
     def __init__(self, port: int, host: str, data_dir: Path | None, config: dict[str, Any]) -> None:
+        super().__init__()
         self.port = port
         self.host = host
         self._config_changes = config
@@ -65,10 +66,6 @@ class ServerProcess:
     def _marker(self) -> str:
         return f"{self.module.rsplit('.', 1)[-1]} --host {self.host} --port {self.port}"
 
-    def running(self) -> bool:
-        pid = read_pid(self.pid_file)
-        return pid is not None and pid_alive(pid, self._marker)
-
     def start(self, timeout: float = 30) -> None:
         """Spawn the server (no-op if running) and wait until it answers."""
         if self.running():
@@ -76,26 +73,15 @@ class ServerProcess:
         self._dir.mkdir(parents=True, exist_ok=True)
         argv = [sys.executable, "-m", self.module, "--host", self.host, "--port", str(self.port)]
         argv += ["--config-json", json.dumps(self._config_changes)]
-        proc = spawn_detached(argv, self.log_file, env=child_env())
-        self.pid_file.write_text(str(proc.pid))
-        try:
-            wait_until(
-                self._answers,
-                timeout=timeout,
-                what=f"{self.label} on {self.base_url}",
-                alive=lambda: proc.poll() is None,
-                log_file=self.log_file,
-                interval=0.05,
-            )
-        except BaseException:
-            self.kill()
-            raise
-
-    def stop(self, timeout: float = 10) -> None:
-        stop_pid(self.pid_file, self._marker, timeout)
-
-    def kill(self) -> None:
-        stop_pid(self.pid_file, self._marker, 5.0, sig=signal.SIGKILL)
+        self._launch(
+            argv,
+            self.log_file,
+            ready=self._answers,
+            what=f"{self.label} on {self.base_url}",
+            timeout=timeout,
+            interval=0.05,
+            env=child_env(),
+        )
 
     def _answers(self) -> bool:
         raise NotImplementedError

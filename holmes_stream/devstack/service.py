@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
 
-from holmes_stream.devstack.kafka import pid_alive, read_pid, spawn_detached, stop_pid, wait_until
+from holmes_stream.devstack.process import ManagedProcess, read_pid
 
 _READY_LINE = b'"event": "worker ready"'
 
@@ -33,18 +31,24 @@ def service_env(endpoints: dict[str, str], **overrides: str) -> dict[str, str]:
     return env
 
 
-class ServiceProcess:
+class ServiceProcess(ManagedProcess):
     """``holmes-stream worker|api|run`` started detached, with a pid file and a log file."""
 
+    stop_timeout = 60.0
+    _marker = "holmes_stream"
+
     def __init__(self, role: str, env: dict[str, str], run_dir: Path, name: str | None = None):
+        super().__init__()
         self.role = role
         self.env = env
         self.name = name or role
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.pid_file = self.run_dir / f"{self.name}.pid"
         self.log_file = self.run_dir / f"{self.name}.log"
-        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid_file(self) -> Path:
+        return self.run_dir / f"{self.name}.pid"
 
     @property
     def api_url(self) -> str:
@@ -55,24 +59,18 @@ class ServiceProcess:
     def pid(self) -> int | None:
         return read_pid(self.pid_file)
 
-    def running(self) -> bool:
-        pid = self.pid
-        return pid is not None and pid_alive(pid, "holmes_stream")
-
     def start(self, timeout: float = 180) -> None:
         if self.running():
             return
         offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-        argv = [sys.executable, "-m", "holmes_stream.cli", self.role]
-        self._proc = spawn_detached(argv, self.log_file, env=self.env)
-        self.pid_file.write_text(str(self._proc.pid))
-        wait_until(
-            lambda: self._ready(offset),
-            timeout=timeout,
+        self._launch(
+            [sys.executable, "-m", "holmes_stream.cli", self.role],
+            self.log_file,
+            ready=lambda: self._ready(offset),
             what=f"holmes-stream {self.name}",
-            alive=lambda: self._proc is not None and self._proc.poll() is None,
-            log_file=self.log_file,
+            timeout=timeout,
             interval=0.2,
+            env=self.env,
         )
 
     def _ready(self, log_offset: int) -> bool:
@@ -84,19 +82,6 @@ class ServiceProcess:
             return httpx.get(self.api_url + "/ready", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
-
-    def stop(self, timeout: float = 60) -> None:
-        stop_pid(self.pid_file, "holmes_stream", timeout)
-        self._reap()
-
-    def kill(self) -> None:
-        stop_pid(self.pid_file, "holmes_stream", 5, sig=signal.SIGKILL)
-        self._reap()
-
-    def _reap(self) -> None:
-        if self._proc is not None:
-            self._proc.wait(timeout=30)
-            self._proc = None
 
     def wait_exit(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
