@@ -36,6 +36,7 @@ from holmes_stream.engine.base import (
 from holmes_stream.enrichment import Enricher
 from holmes_stream.intake import AlertWork
 from holmes_stream.producers.kafka import DeadLetter, KafkaProducers
+from holmes_stream.progress import ProgressWriter
 from holmes_stream.redaction import Redactor
 from holmes_stream.schemas import (
     Alert,
@@ -46,7 +47,7 @@ from holmes_stream.schemas import (
 )
 from holmes_stream.schemas.investigations import utcnow
 from holmes_stream.settings import WorkerSettings
-from holmes_stream.store import RecordStore
+from holmes_stream.store import Claim, RecordStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -171,32 +172,34 @@ def backoff(attempt: int, base: float, cap: float) -> float:
 
 
 class EventPump:
-    """Carries progress events from the engine's thread, in order, to Redis and Kafka."""
+    """Carries progress events from the engine's thread, in order, to the process's writer."""
 
     def __init__(self, service: InvestigationService, record: InvestigationRecord) -> None:
         self._service = service
         self._record = record
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = asyncio.Queue()
-        self._task = asyncio.create_task(self._drain())
+        self._last: asyncio.Future[ProgressEvent] | None = None
 
     def emit_threadsafe(self, type_: str, payload: dict[str, Any]) -> None:
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, (type_, payload))
+        self._loop.call_soon_threadsafe(self._write, type_, payload)
 
-    async def _drain(self) -> None:
-        while (item := await self._queue.get()) is not None:
-            try:
-                type_, payload = item
-                # What the engine reports was built from redacted input and redacted tool output.
-                await self._service.emit(
-                    self._record, type_, payload, redact=not self._service._engine_redacts
-                )
-            except TRANSIENT_IO:
-                log.warning("progress event lost", extra={"investigation_id": self._record.id})
+    def _write(self, type_: str, payload: dict[str, Any]) -> None:
+        # What the engine reports was built from redacted input and redacted tool output.
+        written = self._service.write_event(
+            self._record, type_, payload, redact=not self._service._engine_redacts
+        )
+        written.add_done_callback(self._written)
+        self._last = written
+
+    def _written(self, written: asyncio.Future[ProgressEvent]) -> None:
+        if not written.cancelled() and written.exception() is not None:
+            log.warning("progress event lost", extra={"investigation_id": self._record.id})
 
     async def close(self) -> None:
-        self._queue.put_nowait(None)
-        await self._task
+        """Returns once every event emitted so far is written (or lost, and logged)."""
+        # The engine's thread queued its last event before its result reached this loop.
+        if self._last is not None:
+            await asyncio.wait([self._last])
 
 
 class BudgetMeter:
@@ -253,6 +256,7 @@ class InvestigationService:
         self.stopping = False
         self._running: dict[str, threading.Event] = {}
         self.settled = SettledEpisodes()
+        self.progress = ProgressWriter(store, producers)
 
     # ---------------------------------------------------------------- submission (API side)
     async def submit(self, works: list[AlertWork]) -> list[Submission]:
@@ -319,15 +323,20 @@ class InvestigationService:
             if existing is None:
                 return Outcome.SKIPPED
             record = existing
-        else:
-            record, _ = await self.store.create(self._new_record(work, source))
-        if record.status.terminal:
-            metrics.DEDUP_HITS.labels("kafka").inc()
-            await self._remember_settled(record.id, resolved=False)
-            return Outcome.DUPLICATE
-        if stale is not None:
+            if record.status.terminal:
+                return await self._duplicate(record)
             return await self._finish(record, Status.SKIPPED, reason=stale)
-        return await self._run_exclusively(record, work, source)
+        owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+        lease = self.settings.claim_lease_seconds
+        claim = await self.store.claim(self._new_record(work, source), owner, lease)
+        if claim.record.status.terminal:
+            return await self._duplicate(claim.record)
+        return await self._run_exclusively(claim, owner, work, source)
+
+    async def _duplicate(self, record: InvestigationRecord) -> Outcome:
+        metrics.DEDUP_HITS.labels("kafka").inc()
+        await self._remember_settled(record.id, resolved=False)
+        return Outcome.DUPLICATE
 
     async def _settle_new(self, draft: InvestigationRecord) -> InvestigationRecord | None:
         """Record a skip that needed no run in one step, unless the episode is already known.
@@ -399,24 +408,28 @@ class InvestigationService:
         return Outcome.RESOLVED_NOTED
 
     async def _run_exclusively(
-        self, record: InvestigationRecord, work: AlertWork, source: Source
+        self, claim: Claim, owner: str, work: AlertWork, source: Source
     ) -> Outcome:
-        owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+        record, stop = claim.record, claim.stop_reason
         lease = self.settings.claim_lease_seconds
-        while not await self.store.acquire_lease(record.id, owner, lease):
-            # Another worker runs this episode: wait for its outcome, or for its lease to lapse.
-            current = await self.store.get(record.id)
-            if current is not None and current.status.terminal:
-                metrics.DEDUP_HITS.labels("lease").inc()
-                return Outcome.DUPLICATE
-            await asyncio.sleep(_LEASE_POLL_SECONDS)
+        if not claim.leased:
+            while not await self.store.acquire_lease(record.id, owner, lease):
+                # Another worker runs this episode: wait for its outcome, or its lease to lapse.
+                current = await self.store.get(record.id)
+                if current is not None and current.status.terminal:
+                    metrics.DEDUP_HITS.labels("lease").inc()
+                    return Outcome.DUPLICATE
+                await asyncio.sleep(_LEASE_POLL_SECONDS)
         keeper = asyncio.create_task(self._keep_lease(record.id, owner, lease))
         try:
-            current = await self.store.get(record.id)
-            if current is None or current.status.terminal:
-                metrics.DEDUP_HITS.labels("lease").inc()
-                return Outcome.DUPLICATE
-            return await self._investigate(current, work, source)
+            if not claim.leased:
+                # The holder before us may have finished it in the meantime.
+                current = await self.store.get(record.id)
+                if current is None or current.status.terminal:
+                    metrics.DEDUP_HITS.labels("lease").inc()
+                    return Outcome.DUPLICATE
+                record, stop = current, await self._stop_reason(record.id)
+            return await self._investigate(record, work, source, stop)
         finally:
             keeper.cancel()
             await self.store.release_lease(record.id, owner)
@@ -430,8 +443,9 @@ class InvestigationService:
                 log.warning("lease renewal failed", extra={"investigation_id": investigation_id})
 
     async def _investigate(
-        self, record: InvestigationRecord, work: AlertWork, source: Source
+        self, record: InvestigationRecord, work: AlertWork, source: Source, stop: str | None
     ) -> Outcome:
+        """Run the episode, whose lease we hold; ``stop``: its stop request, just read."""
         if self.engine is None:
             raise RuntimeError("this process has no investigation engine (API only)")
         budgets = self.extras.budgets
@@ -445,8 +459,12 @@ class InvestigationService:
         cancel = threading.Event()
         self._running[record.id] = cancel
         try:
+            # Enrichment takes a while: a stop may have come since the claim read it.
+            checked = self.extras.enricher is None
             while True:
-                stop = await self._stop_reason(record.id)
+                if not checked:  # a retry: a stop may have come during the last attempt
+                    stop = await self._stop_reason(record.id)
+                checked = False
                 if stop is not None:
                     return await self._finish(record, Status.CANCELLED, reason=stop)
                 record.status = Status.RUNNING
@@ -620,10 +638,11 @@ class InvestigationService:
         if error is not None or status is Status.COMPLETED:
             record.error = error
         record.result = result
-        record.resolved_at = await self._durably(lambda: self.store.resolved_at(record.id))
+        # The conversation goes before the terminal event: a chat follow-up may come right after.
         conversation = result.conversation if result is not None else None
-        if conversation:  # before the terminal event: a chat follow-up may come right after it
-            await self._durably(lambda: self.store.put_conversation(record.id, conversation))
+        record.resolved_at = await self._durably(
+            lambda: self.store.prepare_outcome(record.id, conversation)
+        )
         await self._durably(lambda: self._publish_outcome(record))
         outcome = _STATUS_OUTCOME[status]
         metrics.ALERTS_PROCESSED.labels(outcome).inc()
@@ -651,10 +670,19 @@ class InvestigationService:
         *,
         redact: bool = True,
     ) -> None:
+        await self.write_event(record, type_, payload, redact=redact)
+
+    def write_event(
+        self,
+        record: InvestigationRecord,
+        type_: str,
+        payload: dict[str, Any],
+        *,
+        redact: bool = True,
+    ) -> asyncio.Future[ProgressEvent]:
         if redact and self.extras.redactor is not None:
             payload = self.extras.redactor.redact_obj(payload)
-        event: ProgressEvent = await self.store.append_event(record.id, type_, payload)
-        await self.producers.publish_progress(event, record.fingerprint)
+        return self.progress.write(record.id, record.fingerprint, type_, payload)
 
     async def _durably(self, op: Callable[[], Awaitable[T]]) -> T:
         """Retry an outcome write through Redis or Kafka blips: the work is done, keep it."""

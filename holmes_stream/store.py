@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 
-from holmes_stream.schemas import InvestigationRecord, ProgressEvent
+from holmes_stream.schemas import InvestigationRecord, ProgressEvent, Status
 from holmes_stream.settings import RedisSettings
 
 # Sequence number and stream entry are written together so that a reader resuming from
@@ -75,6 +76,24 @@ redis.call('EXPIRE', KEYS[3], ttl)
 return {0, event}
 """
 
+# A firing alert's first step: its record created unless the episode has one, and its lease
+# taken unless that record is finished, with any stop request: one round trip, not four.
+# Returns {existing record or false, 1 if the lease was taken, the stop reason or false}.
+_CLAIM = """
+local existing = redis.call('GET', KEYS[1])
+if not existing then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  for i = 4, #KEYS do
+    redis.call('ZADD', KEYS[i], ARGV[3], ARGV[4])
+    redis.call('EXPIRE', KEYS[i], ARGV[2])
+  end
+elseif string.find(ARGV[7], ',' .. cjson.decode(existing)['status'] .. ',', 1, true) then
+  return {existing, 0, false}
+end
+local leased = redis.call('SET', KEYS[2], ARGV[5], 'NX', 'PX', ARGV[6]) and 1 or 0
+return {existing or false, leased, redis.call('GET', KEYS[3])}
+"""
+
 # Renew or release a lease only while we still own it.
 _RENEW_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -88,6 +107,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+_TERMINAL_STATUSES = "," + ",".join(str(s) for s in Status if s.terminal) + ","
+
+
+@dataclass(frozen=True)
+class Claim:
+    record: InvestigationRecord  # as stored: the given one when created
+    created: bool
+    leased: bool
+    stop_reason: str | None
 
 
 class RecordStore:
@@ -108,6 +138,7 @@ class RecordStore:
         self._release = redis.register_script(_RELEASE_LEASE)
         self._create = redis.register_script(_CREATE_RECORD)
         self._settle_new = redis.register_script(_SETTLE_NEW)
+        self._claim = redis.register_script(_CLAIM)
 
     @classmethod
     def connect(
@@ -145,6 +176,35 @@ class RecordStore:
         if existing is None:
             return record, True
         return InvestigationRecord.model_validate_json(existing), False
+
+    async def claim(
+        self, record: InvestigationRecord, owner: str, lease_seconds: float
+    ) -> Claim:
+        """Store ``record`` unless its id has one; take the lease unless that one is finished."""
+        i = record.id
+        keys = [
+            self._k("inv", i),
+            self._k("lease", i),
+            self._k("stop", i),
+            *self._index_keys(record),
+        ]
+        args: list[str | float] = [
+            record.model_dump_json(),
+            self.ttl,
+            record.created_at.timestamp(),
+            i,
+            owner,
+            int(lease_seconds * 1000),
+            _TERMINAL_STATUSES,
+        ]
+        existing, leased, stop = await self._claim(keys=keys, args=args)
+        stored = record if existing is None else InvestigationRecord.model_validate_json(existing)
+        return Claim(
+            record=stored,
+            created=existing is None,
+            leased=bool(leased),
+            stop_reason=None if stop is None else stop.decode(),
+        )
 
     async def settle_new(
         self, record: InvestigationRecord, event_type: str, payload: dict[str, Any]
@@ -285,11 +345,29 @@ class RecordStore:
         )
         if at is not None:
             draft.at = at
-        _seq, raw = await self._append(
-            keys=[self._k("ev", investigation_id), self._k("evseq", investigation_id)],
-            args=[draft.model_dump_json(), self.events_max_len, self.ttl],
-        )
-        return ProgressEvent.model_validate_json(raw)
+        (event,) = await self.append_events([draft])
+        return event
+
+    async def append_events(self, drafts: Sequence[ProgressEvent]) -> list[ProgressEvent]:
+        """Append events of any investigations in one round trip, each at its stream's next seq.
+
+        The drafts come back numbered, their JSON (as stored) already serialised.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for draft in drafts:
+                await self._append(
+                    keys=[
+                        self._k("ev", draft.investigation_id),
+                        self._k("evseq", draft.investigation_id),
+                    ],
+                    args=[draft.model_dump_json(), self.events_max_len, self.ttl],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        for draft, (seq, raw) in zip(drafts, replies, strict=True):
+            draft.seq = int(seq)
+            draft.set_json(raw.decode() if isinstance(raw, bytes) else raw)
+        return list(drafts)
 
     async def events_after(self, investigation_id: str, seq: int) -> list[ProgressEvent]:
         rows = await self.redis.xrange(self._k("ev", investigation_id), min=f"({seq}-0", max="+")
@@ -322,6 +400,17 @@ class RecordStore:
         await self.redis.set(key, at.isoformat(), nx=True, ex=self.ttl)
         return await self.resolved_at(investigation_id) or at
 
+    async def prepare_outcome(
+        self, investigation_id: str, conversation: list[dict[str, Any]] | None
+    ) -> datetime | None:
+        """Before an outcome is stored: keep its conversation, and read when it resolved."""
+        pipe = self.redis.pipeline(transaction=False)
+        if conversation:
+            self._set_conversation(pipe, investigation_id, conversation)
+        pipe.get(self._k("resolved", investigation_id))
+        raw = (await pipe.execute())[-1]
+        return None if raw is None else datetime.fromisoformat(raw.decode())
+
     async def resolved_at(self, investigation_id: str) -> datetime | None:
         raw = await self.redis.get(self._k("resolved", investigation_id))
         return None if raw is None else datetime.fromisoformat(raw.decode())
@@ -349,7 +438,12 @@ class RecordStore:
     # -- chat follow-ups --------------------------------------------------------------------
     async def put_conversation(self, investigation_id: str, messages: list[dict[str, Any]]) -> None:
         """HolmesGPT's conversation of a finished investigation (no system prompt), for chat."""
-        await self.redis.set(
+        await self._set_conversation(self.redis, investigation_id, messages)
+
+    def _set_conversation(
+        self, client: Any, investigation_id: str, messages: list[dict[str, Any]]
+    ) -> Any:
+        return client.set(
             self._k("conv", investigation_id), json.dumps(messages, default=str), ex=self.ttl
         )
 

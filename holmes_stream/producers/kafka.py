@@ -96,7 +96,7 @@ class KafkaProducers:
     async def publish_progress(self, event: ProgressEvent, fingerprint: str) -> None:
         # Progress is advisory (Redis holds the authoritative copy), so it is not awaited.
         await self.progress.publish(
-            event.model_dump_json().encode(),
+            event.json_text().encode(),
             key=event.investigation_id.encode(),
             headers=_headers(fingerprint, event=event.type),
             correlation_id=f"{event.investigation_id}:{event.seq}",

@@ -167,3 +167,7 @@ class ProgressEvent(BaseModel):
         if self._json is None:
             self._json = self.model_dump_json()
         return self._json
+
+    def set_json(self, text: str) -> None:
+        """Adopt ``text``, this event's JSON as stored, as its serialised form."""
+        self._json = text
