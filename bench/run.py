@@ -58,6 +58,7 @@ def main() -> None:
         cleanup()
         results["suite_seconds"] = round(time.perf_counter() - t0, 1)
         out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
         (out / ("results-quick.json" if args.quick else "results.json")).write_text(
             json.dumps(results, indent=2, default=str) + "\n"
         )

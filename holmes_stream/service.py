@@ -13,7 +13,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -313,19 +313,16 @@ class InvestigationService:
             return await self._handle(work, source)
 
     async def _handle(self, work: AlertWork, source: Source) -> Outcome:
-        if work.alert.status == "resolved":
-            return await self._on_resolved(work, source)
-        stale = self._staleness(work, source)
-        if stale is not None:
-            draft = self._new_record(work, source)
-            draft.reason = stale
-            existing = await self._settle_new(draft)
+        if self.settles_without_run(work, source):
+            (existing,) = await self.settle_many([(work, source)])
             if existing is None:
                 return Outcome.SKIPPED
-            record = existing
-            if record.status.terminal:
-                return await self._duplicate(record)
-            return await self._finish(record, Status.SKIPPED, reason=stale)
+            if work.alert.status == "resolved":
+                return await self._on_resolved(existing, work)
+            if existing.status.terminal:
+                return await self._duplicate(existing)
+            stale = self._staleness(work, source) or "stale"
+            return await self._finish(existing, Status.SKIPPED, reason=stale)
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         lease = self.settings.claim_lease_seconds
         claim = await self.store.claim(self._new_record(work, source), owner, lease)
@@ -333,30 +330,50 @@ class InvestigationService:
             return await self._duplicate(claim.record)
         return await self._run_exclusively(claim, owner, work, source)
 
+    def settles_without_run(self, work: AlertWork, source: Source) -> bool:
+        """Resolved or stale: an outcome reached without the LLM."""
+        return work.alert.status == "resolved" or self._staleness(work, source) is not None
+
+    async def settle_many(
+        self, items: Sequence[tuple[AlertWork, Source]]
+    ) -> list[InvestigationRecord | None]:
+        """Settle alerts that need no run (resolved, stale) of episodes not known yet, together.
+
+        One Redis round trip stores every record with its terminal event, then their results
+        and events go to Kafka together. Per item: the episode's existing record, for ``handle``
+        to take on, or None when the item is settled (skipped).
+        """
+        outcomes: list[tuple[InvestigationRecord, str, dict[str, Any]]] = []
+        for work, source in items:
+            draft = self._new_record(work, source)
+            draft.status, draft.finished_at = Status.SKIPPED, utcnow()
+            if work.alert.status == "resolved":
+                draft.resolved_at = work.alert.endsAt or draft.finished_at
+                draft.reason = "resolved: no firing investigation of this episode was known"
+            else:
+                draft.reason = self._staleness(work, source)
+            # Our own words and timestamps: nothing in it to redact.
+            outcomes.append(
+                (draft, str(draft.status), {"status": draft.status, "reason": draft.reason})
+            )
+        replies = await self.store.settle_many(outcomes)
+        settled = [
+            (draft, event)
+            for (draft, _, _), (_, event) in zip(outcomes, replies, strict=True)
+            if event is not None
+        ]
+        if settled:
+            await self._durably(lambda: self.producers.publish_outcomes(settled))
+            metrics.ALERTS_PROCESSED.labels(Outcome.SKIPPED).inc(len(settled))
+            ttl_ms = self.store.ttl * 1000
+            for draft, _ in settled:
+                self.settled.remember(draft.id, ttl_ms, ttl_ms if draft.resolved_at else None)
+        return [existing for existing, _ in replies]
+
     async def _duplicate(self, record: InvestigationRecord) -> Outcome:
         metrics.DEDUP_HITS.labels("kafka").inc()
         await self._remember_settled(record.id, resolved=False)
         return Outcome.DUPLICATE
-
-    async def _settle_new(self, draft: InvestigationRecord) -> InvestigationRecord | None:
-        """Record a skip that needed no run in one step, unless the episode is already known.
-
-        Returns the existing record, or None when ``draft`` became the (skipped) record.
-        """
-        draft.status, draft.finished_at = Status.SKIPPED, utcnow()
-        payload: dict[str, Any] = {"status": draft.status, "reason": draft.reason}
-        if self.extras.redactor is not None:
-            payload = self.extras.redactor.redact_obj(payload)
-        existing, event = await self.store.settle_new(draft, str(draft.status), payload)
-        if existing is not None:
-            return existing
-        assert event is not None
-        await self._durably(lambda: self.producers.publish_result(draft))
-        await self._durably(lambda: self.producers.publish_progress(event, draft.fingerprint))
-        metrics.ALERTS_PROCESSED.labels(Outcome.SKIPPED).inc()
-        ttl_ms = self.store.ttl * 1000
-        self.settled.remember(draft.id, ttl_ms, ttl_ms if draft.resolved_at else None)
-        return None
 
     def _new_record(self, work: AlertWork, source: Source) -> InvestigationRecord:
         return InvestigationRecord(
@@ -388,14 +405,9 @@ class InvestigationService:
                 return f"stale: reached Kafka at {produced.isoformat()}, before the window"
         return None
 
-    async def _on_resolved(self, work: AlertWork, source: Source) -> Outcome:
+    async def _on_resolved(self, stored: InvestigationRecord, work: AlertWork) -> Outcome:
+        """A resolved alert of a known episode: noted on its record, its run asked to stop."""
         at = work.alert.endsAt or utcnow()
-        draft = self._new_record(work, source)
-        draft.resolved_at = at
-        draft.reason = "resolved: no firing investigation of this episode was known"
-        stored = await self._settle_new(draft)
-        if stored is None:
-            return Outcome.SKIPPED
         resolved_at = await self.store.mark_resolved(stored.id, at)
         if stored.status.terminal:
             if stored.resolved_at is None:

@@ -27,13 +27,20 @@ from holmes_stream.settings import RedisSettings
 
 # Sequence number and stream entry are written together so that a reader resuming from
 # sequence N gets exactly the events after N, whichever worker wrote them.
-_APPEND_EVENT = """
-local seq = redis.call('INCR', KEYS[2])
-local event = string.gsub(ARGV[1], '"seq":0', '"seq":' .. seq, 1)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], seq .. '-0', 'e', event)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return {seq, event}
+# Events of any investigations, each numbered by its own counter: KEYS are (stream, counter)
+# pairs, ARGV the stream length cap, the TTL, then one event per pair. Returns their seqs.
+_APPEND_EVENTS = """
+local seqs = {}
+for i = 1, #KEYS / 2 do
+  local stream, counter = KEYS[2 * i - 1], KEYS[2 * i]
+  local seq = redis.call('INCR', counter)
+  local event = string.gsub(ARGV[2 + i], '"seq":0', '"seq":' .. seq, 1)
+  redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', event)
+  redis.call('EXPIRE', stream, ARGV[2])
+  redis.call('EXPIRE', counter, ARGV[2])
+  seqs[i] = seq
+end
+return seqs
 """
 
 # A record and its index entries appear together or not at all (a crash between the two
@@ -133,7 +140,7 @@ class RecordStore:
         self.prefix = prefix
         self.ttl = ttl_seconds
         self.events_max_len = events_max_len
-        self._append = redis.register_script(_APPEND_EVENT)
+        self._append_many = redis.register_script(_APPEND_EVENTS)
         self._renew = redis.register_script(_RENEW_LEASE)
         self._release = redis.register_script(_RELEASE_LEASE)
         self._create = redis.register_script(_CREATE_RECORD)
@@ -177,9 +184,7 @@ class RecordStore:
             return record, True
         return InvestigationRecord.model_validate_json(existing), False
 
-    async def claim(
-        self, record: InvestigationRecord, owner: str, lease_seconds: float
-    ) -> Claim:
+    async def claim(self, record: InvestigationRecord, owner: str, lease_seconds: float) -> Claim:
         """Store ``record`` unless its id has one; take the lease unless that one is finished."""
         i = record.id
         keys = [
@@ -206,36 +211,49 @@ class RecordStore:
             stop_reason=None if stop is None else stop.decode(),
         )
 
-    async def settle_new(
-        self, record: InvestigationRecord, event_type: str, payload: dict[str, Any]
-    ) -> tuple[InvestigationRecord | None, ProgressEvent | None]:
-        """Store a terminal ``record`` with its terminal event, unless a record exists.
+    async def settle_many(
+        self, outcomes: Sequence[tuple[InvestigationRecord, str, dict[str, Any]]]
+    ) -> list[tuple[InvestigationRecord | None, ProgressEvent | None]]:
+        """Store terminal records, each with its terminal event, unless a record exists.
 
-        Returns ``(existing, None)`` when one did, else ``(None, the event)``.
+        ``outcomes``: (record, event type, event payload). One round trip for all of them; per
+        outcome ``(existing, None)`` when its id had a record, else ``(None, the event)``.
         """
-        i = record.id
-        keys = [
-            self._k("inv", i),
-            self._k("ev", i),
-            self._k("evseq", i),
-            self._k("resolved", i),
-            *self._index_keys(record),
-        ]
-        draft = ProgressEvent(investigation_id=i, seq=0, type=event_type, payload=payload)
-        resolved = record.resolved_at.isoformat() if record.resolved_at else ""
-        args: list[str | float] = [
-            record.model_dump_json(),
-            self.ttl,
-            record.created_at.timestamp(),
-            i,
-            draft.model_dump_json(),
-            self.events_max_len,
-            resolved,
-        ]
-        found, raw = await self._settle_new(keys=keys, args=args)
-        if found:
-            return InvestigationRecord.model_validate_json(raw), None
-        return None, ProgressEvent.model_validate_json(raw)
+        drafts: list[ProgressEvent] = []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for record, event_type, payload in outcomes:
+                i = record.id
+                keys = [
+                    self._k("inv", i),
+                    self._k("ev", i),
+                    self._k("evseq", i),
+                    self._k("resolved", i),
+                    *self._index_keys(record),
+                ]
+                draft = ProgressEvent(investigation_id=i, seq=0, type=event_type, payload=payload)
+                drafts.append(draft)
+                resolved = record.resolved_at.isoformat() if record.resolved_at else ""
+                args: list[str | float] = [
+                    record.model_dump_json(),
+                    self.ttl,
+                    record.created_at.timestamp(),
+                    i,
+                    draft.model_dump_json(),
+                    self.events_max_len,
+                    resolved,
+                ]
+                await self._settle_new(keys=keys, args=args, client=pipe)
+            replies = await pipe.execute()
+        out: list[tuple[InvestigationRecord | None, ProgressEvent | None]] = []
+        for draft, (found, raw) in zip(drafts, replies, strict=True):
+            if found:
+                out.append((InvestigationRecord.model_validate_json(raw), None))
+            else:
+                text = raw.decode()
+                draft.seq = int(text.split('"seq":', 1)[1].split(",", 1)[0])
+                draft.set_json(text)
+                out.append((None, draft))
+        return out
 
     async def get(self, investigation_id: str) -> InvestigationRecord | None:
         raw = await self.get_raw(investigation_id)
@@ -353,20 +371,17 @@ class RecordStore:
 
         The drafts come back numbered, their JSON (as stored) already serialised.
         """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for draft in drafts:
-                await self._append(
-                    keys=[
-                        self._k("ev", draft.investigation_id),
-                        self._k("evseq", draft.investigation_id),
-                    ],
-                    args=[draft.model_dump_json(), self.events_max_len, self.ttl],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
-        for draft, (seq, raw) in zip(drafts, replies, strict=True):
+        keys: list[str] = []
+        texts: list[str] = []
+        for draft in drafts:
+            i = draft.investigation_id
+            keys += [self._k("ev", i), self._k("evseq", i)]
+            texts.append(draft.model_dump_json())
+        seqs = await self._append_many(keys=keys, args=[self.events_max_len, self.ttl, *texts])
+        for draft, text, seq in zip(drafts, texts, seqs, strict=True):
+            # What the script stored: the first '"seq":0' (the seq field) numbered.
             draft.seq = int(seq)
-            draft.set_json(raw.decode() if isinstance(raw, bytes) else raw)
+            draft.set_json(text.replace('"seq":0', f'"seq":{draft.seq}', 1))
         return list(drafts)
 
     async def events_after(self, investigation_id: str, seq: int) -> list[ProgressEvent]:

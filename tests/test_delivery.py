@@ -13,7 +13,8 @@ from aiokafka import AIOKafkaProducer
 from redis.asyncio import Redis
 
 from holmes_stream.devstack.service import ServiceProcess
-from holmes_stream.schemas import InvestigationRecord
+from holmes_stream.intake import decode_message
+from holmes_stream.schemas import InvestigationRecord, Status
 from holmes_stream.settings import Settings
 from holmes_stream.store import RecordStore
 from tests.conftest import (
@@ -250,6 +251,68 @@ async def test_stale_and_orphan_resolved_alerts_are_recorded_not_investigated(
     assert records[orphan["fingerprint"]].status == "skipped"
     assert records[orphan["fingerprint"]].resolved_at is not None
     assert llm.stats()["requests"] == 0
+
+
+async def test_alerts_needing_no_llm_are_settled_in_batches_each_with_its_result(
+    stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory, start_worker
+) -> None:
+    """Written before the worker starts, they arrive in large fetches and are settled together;
+    an episode that already has a record, or that the batch holds twice, goes the usual way."""
+    llm = scripted_llm_factory()
+    settings = make_settings(stack, uid, llm.api_base, stale_after_seconds=3600)
+    old = datetime.now(UTC) - timedelta(days=2)
+    now = datetime.now(UTC).isoformat()
+    stale = [firing_alert(f"{uid}-s", i, old) for i in range(150)]
+    orphans = [
+        firing_alert(f"{uid}-o", i) | {"status": "resolved", "endsAt": now} for i in range(150)
+    ]
+    # An episode finished before the worker started: its resolution is noted on its record.
+    known = firing_alert(f"{uid}-k", 0)
+    [work] = decode_message(json.dumps(known).encode(), 1 << 20)
+    finished = InvestigationRecord(
+        id=work.investigation_id,
+        episode_key=work.alert.episode_key(),
+        fingerprint=work.alert.identity(),
+        status=Status.COMPLETED,
+        alert=work.alert,
+    )
+    redis = Redis.from_url(settings.redis.url)
+    await RecordStore(redis, settings.redis.key_prefix).create(finished)
+    await redis.aclose()
+    known_resolved = known | {"status": "resolved", "endsAt": now}
+    # Fired and resolved in the same batch: not settled as an orphan, whatever the order.
+    twice = firing_alert(f"{uid}-t", 0)
+    payloads = [*stale, known_resolved, *orphans, twice, twice | {"status": "resolved"}]
+    await send(producer, settings.kafka.alerts_topic, payloads)
+
+    await start_worker(settings)
+    assert await _wait_consumed(settings) == len(payloads)
+    records = {r.fingerprint: r for r in await all_records(settings)}
+    assert len(records) == 150 + 150 + 2
+    for alert in stale:
+        assert (records[alert["fingerprint"]].reason or "").startswith("stale")
+    for alert in orphans:
+        record = records[alert["fingerprint"]]
+        assert record.status == "skipped" and record.resolved_at is not None
+    assert records[known["fingerprint"]].status == "completed"
+    assert records[known["fingerprint"]].resolved_at is not None
+    assert records[twice["fingerprint"]].status.terminal
+    assert records[twice["fingerprint"]].status != "skipped"
+    # Every outcome is on the results topic, with its terminal event on the progress topic.
+    skipped_ids = {r.id for r in records.values() if r.status == "skipped"}
+    results = await collect(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.results_topic,
+        lambda got: skipped_ids <= {m["id"] for m in got},
+    )
+    assert skipped_ids <= {m["id"] for m in results}
+    assert any(m["id"] == finished.id and m["resolved_at"] for m in results)
+    events = await collect(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.progress_topic,
+        lambda got: skipped_ids <= {m["investigation_id"] for m in got},
+    )
+    assert skipped_ids <= {e["investigation_id"] for e in events if e["type"] == "skipped"}
 
 
 async def test_two_workers_share_partitions_and_a_stopped_one_hands_over(

@@ -49,7 +49,7 @@ class Dispatcher:
         self.consumer: AIOKafkaConsumer | None = None
         self._limit = settings.worker.max_in_flight
         self._paused = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         # Fetched beyond the in-flight limit (a batch can hold more): started as slots free up.
         self._backlog: collections.deque[tuple[Any, Any, list[AlertWork]]] = collections.deque()
         self._closing = asyncio.Event()
@@ -60,10 +60,34 @@ class Dispatcher:
 
     # -- intake ----------------------------------------------------------------------------
     async def dispatch_batch(self, records: Any, consumer: AIOKafkaConsumer) -> None:
+        started: list[tuple[Any, Any, list[AlertWork]]] = []
         for record in records:
-            await self.dispatch(record, consumer)
+            item = await self.dispatch(record, consumer, start=False)
+            if item is not None:
+                started.append(item)
+        # Alerts that need no LLM (resolved, stale), of episodes met only once in this batch,
+        # are settled together; the rest, each message on its own, as slots free up.
+        counts = collections.Counter(w.investigation_id for _, _, ws in started for w in ws)
+        quick, rest = [], []
+        for item in started:
+            record, _, works = item
+            source = _source(record)
+            if works and all(
+                counts[w.investigation_id] == 1 and self.service.settles_without_run(w, source)
+                for w in works
+            ):
+                quick.append(item)
+            else:
+                rest.append(item)
+        if quick:
+            self._start_settling(quick)
+        for item in rest:
+            self._start_or_hold(*item)
 
-    async def dispatch(self, record: Any, consumer: AIOKafkaConsumer) -> None:
+    async def dispatch(
+        self, record: Any, consumer: AIOKafkaConsumer, *, start: bool = True
+    ) -> tuple[Any, Any, list[AlertWork]] | None:
+        """Take one message: settled on the spot, or started (``start``) or returned."""
         self.consumer = consumer
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_loop())
@@ -77,7 +101,13 @@ class Dispatcher:
         if works is None:
             # Only re-sends of finished episodes: nothing to do, their outcome is durable.
             self.tracker.done(state, record.offset)
-            return
+            return None
+        if not start:
+            return record, state, works
+        self._start_or_hold(record, state, works)
+        return None
+
+    def _start_or_hold(self, record: Any, state: Any, works: list[AlertWork]) -> None:
         if len(self._tasks) >= self._limit:
             self._backlog.append((record, state, works))
         else:
@@ -92,11 +122,49 @@ class Dispatcher:
             self._tasks.discard(t)
             if not t.cancelled() and t.exception() is None:
                 self.tracker.done(state, record.offset)
-            while self._backlog and len(self._tasks) < self._limit and not self._closing.is_set():
-                self._start(*self._backlog.popleft())
-            self._apply_backpressure()
+            self._fill_slots()
 
         task.add_done_callback(finished)
+
+    def _fill_slots(self) -> None:
+        while self._backlog and len(self._tasks) < self._limit and not self._closing.is_set():
+            self._start(*self._backlog.popleft())
+        self._apply_backpressure()
+
+    def _start_settling(self, items: list[tuple[Any, Any, list[AlertWork]]]) -> None:
+        """One task settles the messages' alerts together; what it cannot goes the usual way."""
+        task = asyncio.create_task(self._settle(items))
+        self._tasks.add(task)
+
+        def finished(t: asyncio.Task[list[tuple[Any, Any, list[AlertWork]]]]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled():
+                return
+            if t.exception() is not None:
+                log.warning("settling %d messages together failed: %s", len(items), t.exception())
+                leftovers = items  # each retried on its own; handling is idempotent
+            else:
+                leftovers = t.result()
+            self._backlog.extend(leftovers)
+            self._fill_slots()
+
+        task.add_done_callback(finished)
+
+    async def _settle(
+        self, items: list[tuple[Any, Any, list[AlertWork]]]
+    ) -> list[tuple[Any, Any, list[AlertWork]]]:
+        """Settle the items' alerts; marks the fully settled messages done, returns the rest
+        (their alerts whose episodes had a record) for ``handle``."""
+        flat = [(w, _source(record)) for record, _, works in items for w in works]
+        existing = iter(await self.service.settle_many(flat))
+        leftovers = []
+        for record, state, works in items:
+            known = [w for w in works if next(existing) is not None]
+            if known:
+                leftovers.append((record, state, known))
+            else:
+                self.tracker.done(state, record.offset)
+        return leftovers
 
     def _decode_settled(self, record: Any) -> list[AlertWork] | None:
         """The message's alerts, or ``None`` when ``settled_outcome`` knows all their outcomes.
@@ -138,15 +206,7 @@ class Dispatcher:
             self.consumer.pause(*assigned)
 
     async def _process(self, record: Any, decoded: list[AlertWork] | None = None) -> None:
-        source = Source(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp_ms=record.timestamp,
-            key=record.key,
-            value=record.value,
-            first_seen_ms=int(time.time() * 1000),
-        )
+        source = _source(record)
         attempt = 0
         while True:
             try:
@@ -270,6 +330,18 @@ class Dispatcher:
             await self.commit()
         if self._committer is not None:
             self._committer.cancel()
+
+
+def _source(record: Any) -> Source:
+    return Source(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp_ms=record.timestamp,
+        key=record.key,
+        value=record.value,
+        first_seen_ms=int(time.time() * 1000),
+    )
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -85,12 +86,26 @@ class KafkaProducers:
         await self.alerts.publish(body, key=key.encode(), headers=_headers(**extra))
 
     async def publish_result(self, record: InvestigationRecord) -> None:
-        await self.results.publish(
+        await self._send_result(record, confirm=True)
+
+    async def publish_outcomes(
+        self, settled: list[tuple[InvestigationRecord, ProgressEvent]]
+    ) -> None:
+        """Results with their terminal events, sent together; returns once Kafka has the results."""
+        acks = []
+        for record, event in settled:
+            acks.append(await self._send_result(record, confirm=False))
+            await self.publish_progress(event, record.fingerprint)
+        await asyncio.gather(*acks)
+
+    async def _send_result(self, record: InvestigationRecord, *, confirm: bool) -> Any:
+        return await self.results.publish(
             record.model_dump_json().encode(),
             key=record.id.encode(),
             headers=_headers(record.fingerprint, status=str(record.status)),
             # Our ids already correlate; FastStream would otherwise draw a random UUID each time.
             correlation_id=f"{record.id}:{record.status}",
+            no_confirm=not confirm,
         )
 
     async def publish_progress(self, event: ProgressEvent, fingerprint: str) -> None:
