@@ -204,8 +204,8 @@ async def figure_4(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]
     sizes = {
         "duplicates": 20_000 if quick else 50_000,
         "resolved (finished episode)": 10_000 if quick else 20_000,
-        "stale (new episode)": 2_000 if quick else 4_000,
-        "resolved (unknown episode)": 2_000 if quick else 4_000,
+        "stale (new episode)": 5_000 if quick else 20_000,
+        "resolved (unknown episode)": 5_000 if quick else 20_000,
     }
     runs = [await one_run(stack, work, sizes, r) for r in range(1 if quick else 2)]
     out: dict[str, Any] = {"sizes": sizes, "runs": runs, "episodes": EPISODES}

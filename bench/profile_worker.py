@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import pstats
 import tempfile
@@ -21,7 +22,9 @@ from pathlib import Path
 from bench.common import alert_json, cleanup, create_topics, make_settings, produce, start_stack
 
 
-async def main(kind: str, n: int, top: int, sort: str) -> None:
+async def main(
+    kind: str, n: int, top: int, sort: str, callers: str = "", freeze: bool = False
+) -> None:
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
 
@@ -44,6 +47,18 @@ async def main(kind: str, n: int, top: int, sort: str) -> None:
         await produce(s.kafka.bootstrap_servers, s.kafka.alerts_topic, values, partition=0)
         runtime = Runtime.build(s, worker=True)
         await runtime.start()
+        if freeze:
+            gc.freeze()
+        gc_seconds = [0.0, 0.0]  # total, start of the current collection
+        gc.callbacks.append(
+            lambda phase, _info: gc_seconds.__setitem__(
+                *(
+                    (1, time.perf_counter())
+                    if phase == "start"
+                    else (0, gc_seconds[0] + time.perf_counter() - gc_seconds[1])
+                )
+            )
+        )
         admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers)
         await admin.start()
         prof = cProfile.Profile()
@@ -56,10 +71,13 @@ async def main(kind: str, n: int, top: int, sort: str) -> None:
                 break
             await asyncio.sleep(0.1)
         prof.disable()
-        print(f"{n} {kind} in {time.perf_counter() - t0:.2f}s")
+        print(f"{n} {kind} in {time.perf_counter() - t0:.2f}s, {gc_seconds[0]:.2f}s of it in gc")
         await admin.close()
         await runtime.stop()
-        pstats.Stats(prof).sort_stats(sort).print_stats(top)
+        stats = pstats.Stats(prof).sort_stats(sort)
+        stats.print_stats(top)
+        if callers:
+            stats.print_callers(callers)
     finally:
         cleanup()
 
@@ -70,5 +88,7 @@ if __name__ == "__main__":
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--top", type=int, default=45)
     p.add_argument("--sort", default="tottime")
+    p.add_argument("--freeze", action="store_true", help="gc.freeze() once the worker is up")
+    p.add_argument("--callers", default="", help="print the callers of functions matching this")
     a = p.parse_args()
-    asyncio.run(main(a.kind, a.n, a.top, a.sort))
+    asyncio.run(main(a.kind, a.n, a.top, a.sort, a.callers, a.freeze))

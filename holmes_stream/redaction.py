@@ -232,6 +232,8 @@ class Redactor:
         # Alert labels and annotations repeat across alerts and re-sends: short strings are
         # redacted once (lru_cache is thread-safe; tools run on HolmesGPT's threads).
         self._short = functools.lru_cache(maxsize=_SHORT_CACHE_SIZE)(self._redact_text)
+        # Field names repeat even more (every alert has the same few label names).
+        self._secret_key = functools.lru_cache(maxsize=_SHORT_CACHE_SIZE)(self._is_secret_key)
 
     @classmethod
     def from_settings(cls, settings: RedactionSettings) -> Redactor:
@@ -285,12 +287,15 @@ class Redactor:
         return value
 
     def _field(self, key: Any, value: Any) -> Any:
-        if isinstance(key, str) and secret_key(key, self.extra_secret_keys):
+        if isinstance(key, str) and self._secret_key(key):
             if isinstance(value, str) and value and not value.startswith("[REDACTED"):
                 return mark("secret_field")
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return mark("secret_field")
         return self._obj(value)
+
+    def _is_secret_key(self, key: str) -> bool:
+        return secret_key(key, self.extra_secret_keys)
 
     def _secret_manifest(self, value: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
+from pydantic_core import to_json
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from holmes_stream.schemas import InvestigationRecord, ProgressEvent, Status
@@ -58,29 +59,35 @@ end
 return false
 """
 
-# An outcome reached without running anything (stale, resolved before known): the record,
-# its index entries, the resolution mark and the terminal event in one step, unless a record
-# already exists. Returns {1, existing record} or {0, terminal event}.
+# Outcomes reached without running anything (stale, resolved before known): per outcome, the
+# record, its index entries, the resolution mark and the terminal event in one step, unless a
+# record already exists. ARGV[1]: a JSON array of outcomes (one argument for the whole batch:
+# packing hundreds of keys and arguments costs the client more than this costs Redis).
+# Returns per outcome {1, existing record} or {0, terminal event}.
 _SETTLE_NEW = """
-local existing = redis.call('GET', KEYS[1])
-if existing then
-  return {1, existing}
+local out = {}
+for n, o in ipairs(cjson.decode(ARGV[1])) do
+  local existing = redis.call('GET', o.record_key)
+  if existing then
+    out[n] = {1, existing}
+  else
+    redis.call('SET', o.record_key, o.record, 'EX', o.ttl)
+    for _, index in ipairs(o.index_keys) do
+      redis.call('ZADD', index, o.score, o.id)
+      redis.call('EXPIRE', index, o.ttl)
+    end
+    if o.resolved ~= '' then
+      redis.call('SET', o.resolved_key, o.resolved, 'NX', 'EX', o.ttl)
+    end
+    local seq = redis.call('INCR', o.seq_key)
+    local event = string.gsub(o.event, '"seq":0', '"seq":' .. seq, 1)
+    redis.call('XADD', o.stream_key, 'MAXLEN', '~', o.max_len, seq .. '-0', 'e', event)
+    redis.call('EXPIRE', o.stream_key, o.ttl)
+    redis.call('EXPIRE', o.seq_key, o.ttl)
+    out[n] = {0, event}
+  end
 end
-local ttl = ARGV[2]
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-for i = 5, #KEYS do
-  redis.call('ZADD', KEYS[i], ARGV[3], ARGV[4])
-  redis.call('EXPIRE', KEYS[i], ttl)
-end
-if ARGV[7] ~= '' then
-  redis.call('SET', KEYS[4], ARGV[7], 'NX', 'EX', ttl)
-end
-local seq = redis.call('INCR', KEYS[3])
-local event = string.gsub(ARGV[5], '"seq":0', '"seq":' .. seq, 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], seq .. '-0', 'e', event)
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('EXPIRE', KEYS[3], ttl)
-return {0, event}
+return out
 """
 
 # A firing alert's first step: its record created unless the episode has one, and its lease
@@ -220,30 +227,28 @@ class RecordStore:
         outcome ``(existing, None)`` when its id had a record, else ``(None, the event)``.
         """
         drafts: list[ProgressEvent] = []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for record, event_type, payload in outcomes:
-                i = record.id
-                keys = [
-                    self._k("inv", i),
-                    self._k("ev", i),
-                    self._k("evseq", i),
-                    self._k("resolved", i),
-                    *self._index_keys(record),
-                ]
-                draft = ProgressEvent(investigation_id=i, seq=0, type=event_type, payload=payload)
-                drafts.append(draft)
-                resolved = record.resolved_at.isoformat() if record.resolved_at else ""
-                args: list[str | float] = [
-                    record.model_dump_json(),
-                    self.ttl,
-                    record.created_at.timestamp(),
-                    i,
-                    draft.model_dump_json(),
-                    self.events_max_len,
-                    resolved,
-                ]
-                await self._settle_new(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute()
+        batch: list[dict[str, Any]] = []
+        for record, event_type, payload in outcomes:
+            i = record.id
+            draft = ProgressEvent(investigation_id=i, seq=0, type=event_type, payload=payload)
+            drafts.append(draft)
+            batch.append(
+                {
+                    "id": i,
+                    "record_key": self._k("inv", i),
+                    "record": record.model_dump_json(),
+                    "index_keys": self._index_keys(record),
+                    "score": record.created_at.timestamp(),
+                    "resolved_key": self._k("resolved", i),
+                    "resolved": record.resolved_at.isoformat() if record.resolved_at else "",
+                    "stream_key": self._k("ev", i),
+                    "seq_key": self._k("evseq", i),
+                    "event": draft.model_dump_json(),
+                    "max_len": self.events_max_len,
+                    "ttl": self.ttl,
+                }
+            )
+        replies = await self._settle_new(args=[to_json(batch)])
         out: list[tuple[InvestigationRecord | None, ProgressEvent | None]] = []
         for draft, (found, raw) in zip(drafts, replies, strict=True):
             if found:
@@ -459,7 +464,7 @@ class RecordStore:
         self, client: Any, investigation_id: str, messages: list[dict[str, Any]]
     ) -> Any:
         return client.set(
-            self._k("conv", investigation_id), json.dumps(messages, default=str), ex=self.ttl
+            self._k("conv", investigation_id), to_json(messages, fallback=str), ex=self.ttl
         )
 
     async def get_conversation(self, investigation_id: str) -> list[dict[str, Any]] | None:

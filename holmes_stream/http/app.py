@@ -24,11 +24,11 @@ from holmes_stream.http.catalog import CatalogController
 from holmes_stream.http.chat import ChatController, chat_socket
 from holmes_stream.http.health import HealthController, MetricsController
 from holmes_stream.http.investigations import InvestigationController
+from holmes_stream.http.lookups import RecordReader
+from holmes_stream.http.middleware import RequestMiddleware
 from holmes_stream.http.problems import exception_handlers
-from holmes_stream.http.requestcontext import RequestContextMiddleware
 from holmes_stream.http.security import (
     SECURITY,
-    HttpMetricsMiddleware,
     requires,
     security_headers_hook,
 )
@@ -99,6 +99,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
             app.state.update(
                 settings=settings,
                 store=store,
+                records=RecordReader(store),
                 service=rt.service,
                 broker=rt.broker,
                 http_client=client,
@@ -121,7 +122,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None)
         lifespan=[lifespan],
         exception_handlers=exception_handlers,
         request_max_body_size=settings.api.max_body_bytes,
-        middleware=[RequestContextMiddleware(), HttpMetricsMiddleware()],
+        middleware=[RequestMiddleware],
         plugins=_plugins(settings),
         before_send=[security_headers_hook(settings.api)],
         cors_config=_cors(settings),

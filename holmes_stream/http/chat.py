@@ -230,9 +230,8 @@ async def turn_events(
                 if event.type in TURN_END_EVENTS:
                     return
         while True:
-            try:
-                event = await asyncio.wait_for(watch.queue.get(), keepalive)
-            except TimeoutError:
+            items = await watch.next(keepalive)
+            if not items:
                 ended = await chat.turn_outcome(investigation_id, turn) is not None
                 if not ended and await chat.running_turn(investigation_id) != turn:
                     # Not running: it ended meanwhile, or there is no such turn.
@@ -252,13 +251,15 @@ async def turn_events(
                     return
                 yield None
                 continue
-            if event.seq <= after:
-                continue
-            after = event.seq
-            if _of_turn(event, turn):
-                yield event
-                if event.type in TURN_END_EVENTS:
-                    return
+            for item in items:
+                event = item.event
+                if event.seq <= after:
+                    continue
+                after = event.seq
+                if _of_turn(event, turn):
+                    yield event
+                    if event.type in TURN_END_EVENTS:
+                        return
     finally:
         hub.unwatch(watch)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -17,19 +16,22 @@ from faststream.exceptions import IncorrectState
 from litestar import Controller, MediaType, Request, get, post
 from litestar.datastructures import State
 from litestar.params import Body, HeaderParameter, PathParameter, QueryParameter
-from litestar.response import Response, ServerSentEvent, ServerSentEventMessage
+from litestar.response import Response, ServerSentEvent, ServerSentEventMessage, Stream
+from litestar.types import Receive, Scope, Send
 from pydantic import BaseModel
 
 from holmes_stream import metrics
 from holmes_stream.auth import READ, WRITE, Authenticator, Principal
+from holmes_stream.http.middleware import DIRECT, Direct
 from holmes_stream.http.problems import Problem
-from holmes_stream.http.security import SECURITY, requires
-from holmes_stream.http.sse_hub import SSEHub
+from holmes_stream.http.security import SECURITY, authorize, requires
+from holmes_stream.http.sse_hub import SSEHub, encode_event
 from holmes_stream.intake import AlertWork, RejectedMessage, parse_payload
 from holmes_stream.schemas import InvestigationRecord, ProgressEvent, Status
 from holmes_stream.store import RecordStore
 
-InvestigationId = Annotated[str, PathParameter(description="Investigation id", max_length=300)]
+MAX_ID = 300
+InvestigationId = Annotated[str, PathParameter(description="Investigation id", max_length=MAX_ID)]
 AccessToken = Annotated[
     str | None,
     QueryParameter(
@@ -135,6 +137,39 @@ async def load_visible(
     return record
 
 
+def visible_raw(principal: Principal, raw: bytes, investigation_id: str) -> bool:
+    """``can_see`` on a record as stored; its JSON is parsed only when the tenant matters."""
+    tenant = None if principal.is_admin else json.loads(raw).get("tenant")
+    return principal.can_see(tenant, investigation_id)
+
+
+def _direct_lookup_accepts(scope: Scope) -> bool:
+    """The common case: no query string (a page token goes through the handler) and an id
+    that the path parameter's validation accepts (else the handler answers its 400)."""
+    return not scope["query_string"] and len(scope["path_params"]["investigation_id"]) <= MAX_ID
+
+
+async def _direct_lookup(scope: Scope, receive: Receive, send: Send) -> None:
+    """``lookup`` on the raw ASGI scope: the stored JSON is the answer (the hottest read path;
+    see holmes_stream/http/middleware.py). Same guard, same Redis read, same problems."""
+    investigation_id: str = scope["path_params"]["investigation_id"]
+    principal = await authorize(scope, READ)
+    raw = await scope["litestar_app"].state.records.get_raw(investigation_id)
+    if raw is None or not visible_raw(principal, raw, investigation_id):
+        raise Problem(404, "Not found", f"no investigation with id {investigation_id!r}")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(raw)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": raw, "more_body": False})
+
+
 def encode_cursor(score: float, member: str) -> str:
     raw = json.dumps([score, member], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -206,6 +241,7 @@ class InvestigationController(Controller):
         "/{investigation_id:str}",
         summary="Look up an investigation",
         guards=[requires(READ, page_token=True)],
+        opt={DIRECT: Direct(_direct_lookup_accepts, _direct_lookup)},
     )
     async def lookup(
         self,
@@ -214,10 +250,9 @@ class InvestigationController(Controller):
         investigation_id: InvestigationId,
         access_token: AccessToken = None,
     ) -> Response[InvestigationRecord]:
-        # The stored JSON is the answer: no model round trip on the hottest read path.
-        raw = await state.store.get_raw(investigation_id)
-        tenant = None if raw is None else json.loads(raw).get("tenant")
-        if raw is None or not _principal(request).can_see(tenant, investigation_id):
+        # The common case (no query string) is answered by _direct_lookup instead.
+        raw = await state.records.get_raw(investigation_id)
+        if raw is None or not visible_raw(_principal(request), raw, investigation_id):
             raise Problem(404, "Not found", f"no investigation with id {investigation_id!r}")
         return Response(raw, media_type=MediaType.JSON)
 
@@ -347,7 +382,7 @@ class InvestigationController(Controller):
         start = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
         keepalive = state.settings.api.sse_keepalive_seconds
         stream = event_stream(state.store, state.sse_hub, record, start, keepalive)
-        return ServerSentEvent(stream, retry_duration=2000, headers={"X-Accel-Buffering": "no"})
+        return EventStream(stream, headers={"X-Accel-Buffering": "no"})
 
 
 class _Encoded(ServerSentEventMessage):
@@ -361,14 +396,32 @@ class _Encoded(ServerSentEventMessage):
         return self._encoded
 
 
-@functools.lru_cache(maxsize=8192)
-def _encoded(seq: int, type_: str, data: str) -> bytes:
-    return ServerSentEventMessage(data=data, event=type_, id=seq).encode()
-
-
 def sse_message(event: ProgressEvent) -> ServerSentEventMessage:
     """An event as SSE, encoded once for all the clients that follow its investigation."""
-    return _Encoded(_encoded(event.seq, event.type, event.json_text()))
+    return _Encoded(encode_event(event))
+
+
+RETRY_MS = 2000
+# What ServerSentEvent(retry_duration=RETRY_MS) sends first, and its keep-alive comment.
+_RETRY = f"retry: {RETRY_MS}\r\n".encode()
+_KEEPALIVE = ServerSentEventMessage(comment="keep-alive", data=None).encode()
+
+
+class EventStream(ServerSentEvent):
+    """A ``ServerSentEvent`` whose chunks are wire bytes already: none of Litestar's
+    per-message layers (iterator wrappers, encoding, a thread hop for the first chunk), and
+    one body write per wake-up of the client however many events are pending."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+        Stream.__init__(self, chunks, media_type="text/event-stream", headers=headers)
+        # The headers ServerSentEvent sets.
+        self.headers.setdefault("Cache-Control", "no-cache")
+        self.headers["Connection"] = "keep-alive"
+        self.headers["X-Accel-Buffering"] = "no"
+
+
+def _wire(events: list[ProgressEvent]) -> bytes:
+    return b"".join(encode_event(e) for e in events)
 
 
 def _long_finished(record: InvestigationRecord | None, grace: float) -> bool:
@@ -383,36 +436,45 @@ def _long_finished(record: InvestigationRecord | None, grace: float) -> bool:
 
 async def event_stream(
     store: RecordStore, hub: SSEHub, record: InvestigationRecord, after: int, keepalive: float
-) -> AsyncIterator[ServerSentEventMessage]:
+) -> AsyncIterator[bytes]:
     metrics.SSE_CLIENTS.inc()
     investigation_id = record.id
     watch = None
     try:
+        yield _RETRY
         if _long_finished(record, keepalive):
-            for event in await store.events_after(investigation_id, after):
-                yield sse_message(event)
+            if replay := await store.events_after(investigation_id, after):
+                yield _wire(replay)
             return
         watch = await hub.watch(investigation_id)
-        for event in await store.events_after(investigation_id, after):
-            yield sse_message(event)
-            after = event.seq
-            if event.terminal:
+        if replay := await store.events_after(investigation_id, after):
+            ends = next((i for i, e in enumerate(replay) if e.terminal), None)
+            yield _wire(replay if ends is None else replay[: ends + 1])
+            if ends is not None:
                 return
+            after = replay[-1].seq
         while True:
-            try:
-                event = await asyncio.wait_for(watch.queue.get(), keepalive)
-            except TimeoutError:
+            items = await watch.next(keepalive)
+            if not items:
                 if _long_finished(await store.get(investigation_id), keepalive):
-                    for event in await store.events_after(investigation_id, after):
-                        yield sse_message(event)
+                    if replay := await store.events_after(investigation_id, after):
+                        yield _wire(replay)
                     return
-                yield ServerSentEventMessage(comment="keep-alive", data=None)
+                yield _KEEPALIVE
                 continue
-            if event.seq <= after:
-                continue
-            yield sse_message(event)
-            after = event.seq
-            if event.terminal:
+            out: list[bytes] = []
+            ended = False
+            for item in items:
+                if item.event.seq <= after:
+                    continue
+                out.append(item.wire)
+                after = item.event.seq
+                if item.event.terminal:
+                    ended = True
+                    break
+            if out:
+                yield b"".join(out)
+            if ended:
                 return
     finally:
         if watch is not None:

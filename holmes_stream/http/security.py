@@ -1,16 +1,13 @@
-"""Authentication and rate-limit guards, security headers and HTTP request metrics."""
+"""Authentication and rate-limit guards, and the security headers of every answer."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from litestar.connection import ASGIConnection
-from litestar.enums import ScopeType
 from litestar.handlers import BaseRouteHandler
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Scope
 
 from holmes_stream import metrics
 from holmes_stream.auth import Authenticator, AuthError, Principal
@@ -41,47 +38,71 @@ def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     return cast(Principal, connection.scope.get("user"))
 
 
+def credentials_of(scope: Scope) -> tuple[str | None, str | None]:
+    """The first ``Authorization`` and ``X-API-Key`` values, read off the raw headers (names
+    compared case-insensitively, values latin-1, as Litestar's ``Headers.get`` does)."""
+    authorization = api_key = None
+    for name, value in scope["headers"]:
+        lowered = name.lower()
+        if lowered == b"authorization":
+            if authorization is None:
+                authorization = value.decode("latin-1")
+        elif lowered == b"x-api-key" and api_key is None:
+            api_key = value.decode("latin-1")
+    return authorization, api_key
+
+
+async def authorize(scope: Scope, required: str, page_token: str | None = None) -> Principal:
+    """Authenticate, check ``required``, then count the request against the caller's limit.
+
+    Works on the raw ASGI scope so that the route guards and the direct lookup path
+    (holmes_stream/http/middleware.py) share one implementation.
+    """
+    state = scope["litestar_app"].state
+    auth: Authenticator = state.authenticator
+    authorization, api_key = credentials_of(scope)
+    try:
+        principal = auth.authenticate(authorization, api_key, page_token)
+    except AuthError as exc:
+        raise Problem(
+            401,
+            "Unauthorized",
+            exc.detail,
+            headers={"WWW-Authenticate": f'Bearer realm="holmes-stream", error="{exc.error}"'},
+        ) from exc
+    if principal.investigation_id is not None:
+        wanted = scope["path_params"].get("investigation_id")
+        if wanted != principal.investigation_id:
+            raise Problem(403, "Forbidden", "the access token is for another investigation")
+    if not principal.allows(required):
+        raise Problem(403, "Forbidden", f"the {required!r} scope is required")
+    scope["user"] = principal
+    await _rate_limit(scope, state.rate_limiter, principal)
+    return principal
+
+
 def requires(scope: str, *, page_token: bool = False) -> Guard:
-    """Authenticate, check ``scope``, then count the request against the caller's limit."""
+    """A guard: :func:`authorize` with ``scope`` (and ``?access_token=`` when ``page_token``)."""
 
     async def guard(
         connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler
     ) -> None:
-        auth: Authenticator = connection.app.state.authenticator
         token = connection.query_params.get("access_token") if page_token else None
-        try:
-            principal = auth.authenticate(
-                connection.headers.get("authorization"), connection.headers.get("x-api-key"), token
-            )
-        except AuthError as exc:
-            raise Problem(
-                401,
-                "Unauthorized",
-                exc.detail,
-                headers={"WWW-Authenticate": f'Bearer realm="holmes-stream", error="{exc.error}"'},
-            ) from exc
-        if principal.investigation_id is not None:
-            wanted = connection.path_params.get("investigation_id")
-            if wanted != principal.investigation_id:
-                raise Problem(403, "Forbidden", "the access token is for another investigation")
-        if not principal.allows(scope):
-            raise Problem(403, "Forbidden", f"the {scope!r} scope is required")
-        connection.scope["user"] = principal
-        await _rate_limit(connection, principal)
+        await authorize(connection.scope, scope, token)
 
     return guard
 
 
-async def _rate_limit(connection: ASGIConnection[Any, Any, Any, Any], principal: Principal) -> None:
-    limiter: RateLimiter = connection.app.state.rate_limiter
+async def _rate_limit(scope: Scope, limiter: RateLimiter, principal: Principal) -> None:
     who = principal.id
     if principal.kind == "anonymous":
-        who = f"ip:{connection.client.host if connection.client else 'unknown'}"
-    route = str(connection.scope.get("path_template") or connection.scope["path"])
-    decision = await limiter.hit(who, str(connection.scope.get("method", "GET")), route)
+        client = scope.get("client")
+        who = f"ip:{client[0] if client else 'unknown'}"
+    route = str(scope.get("path_template") or scope["path"])
+    decision = await limiter.hit(who, str(scope.get("method", "GET")), route)
     if decision is None:
         return
-    cast(dict[str, Any], connection.scope)[_RATELIMIT_SCOPE_KEY] = decision
+    cast(dict[str, Any], scope)[_RATELIMIT_SCOPE_KEY] = decision
     if not decision.allowed:
         raise Problem(
             429,
@@ -133,27 +154,3 @@ def security_headers_hook(settings: ApiSettings) -> Callable[[Message, Scope], A
             ).inc()
 
     return before_send
-
-
-class HttpMetricsMiddleware(ASGIMiddleware):
-    """Counts and times every routed request by its route template, never the raw path."""
-
-    scopes = (ScopeType.HTTP,)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        started = time.perf_counter()
-        status = 500
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await next_app(scope, receive, send_wrapper)
-        finally:
-            route = str(scope.get("path_template") or "unmatched")
-            method = scope.get("method", "GET")
-            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            metrics.HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
