@@ -392,7 +392,10 @@ class InvestigationService:
         redactor = self.extras.redactor
         if redactor is None:
             return alert
-        return Alert.model_validate(redactor.redact_obj(alert.model_dump(mode="json")))
+        plain = alert.model_dump(mode="json")
+        redacted = redactor.redact_obj(plain)
+        # Most alerts hold no secret: then the alert itself is what may be stored and shown.
+        return alert if redacted == plain else Alert.model_validate(redacted)
 
     def _staleness(self, work: AlertWork, source: Source) -> str | None:
         window = timedelta(seconds=self.settings.stale_after_seconds)

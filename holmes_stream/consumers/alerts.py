@@ -145,7 +145,10 @@ class Dispatcher:
                 leftovers = items  # each retried on its own; handling is idempotent
             else:
                 leftovers = t.result()
-            self._backlog.extend(leftovers)
+            # Never an LLM run (their episodes are known): started at once, not held back
+            # behind investigations; a fetch brings at most _MAX_BATCH of them.
+            for item in leftovers if not self._closing.is_set() else ():
+                self._start(*item)
             self._fill_slots()
 
         task.add_done_callback(finished)
