@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ class AlertWork:
     model: str | None = None
     toolsets: list[str] | None = None
 
-    @property
+    @functools.cached_property
     def investigation_id(self) -> str:
         return episode_id(self.alert, self.tenant)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib
 import inspect
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -149,8 +150,9 @@ def _shapes() -> list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
 def test_token_counts_are_unchanged(engines: dict[str, HolmesEngine]) -> None:
     fast_ai = engines["fast"]._create_ai(engines["fast"]._get_config())
     slow_ai = engines["slow"]._create_ai(engines["slow"]._get_config())
-    assert getattr(fast_ai.llm.count_tokens, "__holmes_stream_memo__", False)
-    assert not getattr(slow_ai.llm.count_tokens, "__holmes_stream_memo__", False)
+    for name in ("count_tokens", "completion"):
+        assert getattr(getattr(fast_ai.llm, name), "__holmes_stream_memo__", False)
+        assert not getattr(getattr(slow_ai.llm, name), "__holmes_stream_memo__", False)
     for messages, tools in _shapes():
         slow_messages = copy.deepcopy(messages)
         expected = slow_ai.llm.count_tokens(messages=slow_messages, tools=tools)
@@ -301,3 +303,289 @@ def test_system_prompt_reads_only_what_the_cache_keys_on() -> None:
             assert attribute in keyed, (name, attribute)
         pending.extend(re.findall(r"include ['\"]([^'\"]+)['\"]", text))
     assert "_toolsets_instructions.jinja2" in seen
+
+
+# -- whole-conversation token counts ----------------------------------------------------------
+
+
+def _litellm_token_counter() -> Any:
+    import litellm
+
+    return inspect.unwrap(litellm.token_counter)
+
+
+def _conversations() -> list[list[dict[str, Any]]]:
+    shapes = [messages for messages, _ in _shapes()]
+    system, user, assistant, tool, listed = shapes[2]
+    counted = [dict(m, token_count=7) for m in (system, user, assistant, tool)]
+    unicode = {"role": "user", "content": "Déploiement échoué — 磁盘已满 ✓"}
+    return [
+        *shapes,
+        counted,
+        [user, assistant, tool],  # no system message
+        [unicode, {"role": "assistant", "content": "ok", "name": "holmes"}],
+        [listed, user],
+    ]
+
+
+def test_whole_conversation_counts_equal_litellms() -> None:
+    assert fastpath.install()
+    original = _litellm_token_counter()
+    counts = fastpath.MessageCounts(original)
+    tools = _shapes()[0][1]
+    for messages in _conversations():
+        for with_tools in (None, [], tools):
+            expected = original(model="openai/scripted", messages=messages, tools=with_tools)
+            for _ in range(2):  # computed, then remembered
+                got = counts.total("openai/scripted", messages, with_tools)
+                assert got == expected, (messages, with_tools)
+    assert counts.hits and counts.misses
+
+
+def test_litellm_counts_messages_one_by_one_and_ignores_int_fields() -> None:
+    from litellm.litellm_core_utils import token_counter as module
+
+    original = _litellm_token_counter()
+    assert {"model", "messages", "tools"} <= set(_params(original))
+    source = inspect.getsource(module.token_counter)
+    # count(M, T) = _count_messages(M) + _count_extra(T, system in M): what MessageCounts sums.
+    assert "num_tokens = _count_messages(" in source
+    assert "num_tokens += _count_extra(" in source
+    count_messages = inspect.getsource(module._count_messages)
+    assert "for message in messages:" in count_messages
+    assert "num_tokens += params.tokens_per_message" in count_messages
+    # HolmesGPT's per-message cache entry is an int, which litellm does not count.
+    message = {"role": "user", "content": "Why is NodeDiskFull firing?"}
+    assert original(model="openai/scripted", messages=[message]) == original(
+        model="openai/scripted", messages=[dict(message, token_count=12345)]
+    )
+
+
+def test_whole_conversation_memo_is_scoped() -> None:
+    import litellm
+
+    assert fastpath.install()
+    wrapper = litellm.token_counter
+    assert wrapper.__holmes_stream_memo__
+    stats = fastpath._message_counts
+    assert stats is not None
+    before = (stats.hits, stats.misses)
+    messages = _shapes()[1][0]
+    # Outside our LLMs' calls (the bare SDK) litellm counts everything itself.
+    assert wrapper(model="openai/scripted", messages=messages) == _litellm_token_counter()(
+        model="openai/scripted", messages=messages
+    )
+    assert (stats.hits, stats.misses) == before
+
+
+# -- the OpenAI SDK's request transform and body encoding -------------------------------------
+
+
+def _property_infos(annotation: Any, seen: set[int] | None = None) -> Iterator[Any]:
+    """Every PropertyInfo reachable from a type annotation of the OpenAI SDK's params."""
+    from typing import get_args, get_type_hints
+
+    from openai._utils import PropertyInfo
+    from typing_extensions import is_typeddict
+
+    seen = set() if seen is None else seen
+    if id(annotation) in seen:
+        return
+    seen.add(id(annotation))
+    for metadata in getattr(annotation, "__metadata__", ()):
+        if isinstance(metadata, PropertyInfo):
+            yield metadata
+    if is_typeddict(annotation):
+        for hint in get_type_hints(annotation, include_extras=True).values():
+            yield from _property_infos(hint, seen)
+    for arg in get_args(annotation):
+        yield from _property_infos(arg, seen)
+
+
+def test_chat_params_have_no_aliases_or_formats() -> None:
+    from openai.types.chat import completion_create_params
+
+    for params in (
+        completion_create_params.CompletionCreateParamsNonStreaming,
+        completion_create_params.CompletionCreateParamsStreaming,
+    ):
+        infos = list(_property_infos(params))
+        # With neither, the transform of plain JSON only drops the omitted arguments.
+        assert [i for i in infos if i.alias is not None or i.format is not None] == []
+
+
+def _request_params(fake: FakeLLM) -> dict[str, Any]:
+    """The create() arguments of a real request body, plus omitted ones and non-ASCII text."""
+    from openai import omit
+
+    body = json.loads(fake.bodies[-1])
+    body["messages"].append({"role": "user", "content": "Déploiement échoué — 磁盘已满 ✓"})
+    return {**body, "temperature": 0.25, "top_p": omit, "user": omit, "seed": omit}
+
+
+@pytest.mark.usefixtures("frozen_time")
+def test_transform_and_body_encoding_are_identities_for_our_bodies(
+    engines: dict[str, HolmesEngine],
+    fake_llm: FakeLLM,  # noqa: F811
+) -> None:
+    from openai._utils import maybe_transform as sdk_transform
+    from openai._utils._json import openapi_dumps as sdk_dumps
+    from openai.types.chat import completion_create_params
+
+    assert fastpath.install()
+    _bodies(engines["fast"], fake_llm, make_request(question="Why now?"))
+    params = _request_params(fake_llm)
+    kind = completion_create_params.CompletionCreateParamsNonStreaming
+    transform = importlib.import_module(fastpath.TRANSFORM_MODULE).maybe_transform
+    dumps = importlib.import_module(fastpath.BODY_DUMPS_MODULE).openapi_dumps
+    assert transform.__holmes_stream_memo__ and dumps.__holmes_stream_memo__
+    expected = sdk_transform(params, kind)
+    token = fastpath._active.set(True)
+    try:
+        fast = transform(params, kind)
+        assert fast == expected and list(fast) == list(expected)
+        assert dumps(fast) == sdk_dumps(expected)
+    finally:
+        fastpath._active.reset(token)
+
+
+def test_patched_openai_functions_are_as_expected() -> None:
+    from openai._base_client import BaseClient
+    from openai._utils import _json as openai_json
+    from openai.resources.chat.completions.completions import Completions
+
+    transform_module = importlib.import_module(fastpath.TRANSFORM_MODULE)
+    original = inspect.unwrap(getattr(transform_module, fastpath.TRANSFORM_FUNCTION))
+    assert _params(original) == ["data", "expected_type"]
+    create = inspect.getsource(Completions.create)
+    assert "body=maybe_transform(" in create
+    assert "completion_create_params.CompletionCreateParamsNonStreaming" in create
+    dumps_module = importlib.import_module(fastpath.BODY_DUMPS_MODULE)
+    original_dumps = inspect.unwrap(getattr(dumps_module, fastpath.BODY_DUMPS_FUNCTION))
+    assert original_dumps is openai_json.openapi_dumps
+    assert _params(original_dumps) == ["obj"]
+    source = inspect.getsource(openai_json.openapi_dumps)
+    for fragment in (
+        "cls=_CustomEncoder",
+        "ensure_ascii=False",
+        'separators=(",", ":")',
+        "allow_nan=False",
+        ").encode()",
+    ):
+        assert fragment in source, fragment
+    assert "openapi_dumps(json_data)" in inspect.getsource(BaseClient._build_request)
+
+
+def test_openai_wrappers_are_scoped() -> None:
+    from openai._utils._json import openapi_dumps as sdk_dumps
+    from openai.types.chat import completion_create_params
+
+    assert fastpath.install()
+    transform = importlib.import_module(fastpath.TRANSFORM_MODULE).maybe_transform
+    dumps = importlib.import_module(fastpath.BODY_DUMPS_MODULE).openapi_dumps
+    stamp = datetime(2025, 1, 2, tzinfo=UTC)
+    # Not plain JSON: the SDK's own code runs even inside our scope.
+    token = fastpath._active.set(True)
+    try:
+        assert (
+            dumps({"at": stamp})
+            == sdk_dumps({"at": stamp})
+            == b'{"at":"2025-01-02T00:00:00+00:00"}'
+        )
+    finally:
+        fastpath._active.reset(token)
+    # Outside it, always.
+    params = {"messages": [{"role": "user", "content": "hi"}], "model": "x"}
+    kind = completion_create_params.CompletionCreateParamsNonStreaming
+    assert transform(params, kind) == params and transform(params, kind) is not params
+
+
+def test_c_dumps_is_json_dumps() -> None:
+    import json as stdlib_json
+
+    class Colour(str):
+        pass
+
+    values: list[Any] = [
+        {"a": [1, 2.5, -0.0, 1e300, True, False, None], "b": {"c": 'é\n\t"\\ 磁盘 \u2028'}},
+        [],
+        {},
+        "plain",
+        12,
+        [{"k": Colour("red")}],
+        {"when": datetime(2025, 1, 2, tzinfo=UTC), "set": {1}},
+    ]
+    for value in values:
+        for kwargs in (
+            {"default": str},
+            {"default": str, "ensure_ascii": False, "separators": (",", ":")},
+        ):
+            assert fastpath.c_dumps(value, **kwargs) == stdlib_json.dumps(value, **kwargs)
+    with pytest.raises(TypeError):
+        fastpath.c_dumps({"when": datetime(2025, 1, 2, tzinfo=UTC)})
+    assert fastpath.plain_json(values[:5]) and not fastpath.plain_json(values[5:])
+
+
+# -- the agent loop's thread and the tool schemas ---------------------------------------------
+
+
+def test_litellm_service_hook_uses_the_threads_event_loop() -> None:
+    import asyncio
+
+    from litellm._service_logger import ServiceLogging
+
+    source = inspect.getsource(ServiceLogging.service_success_hook)
+    for fragment in ("asyncio.get_event_loop()", "loop.run_until_complete(", "asyncio.run("):
+        assert fragment in source, fragment
+    seen: list[Any] = []
+
+    def run() -> None:
+        with fastpath.thread_event_loop():
+            loop = asyncio.get_event_loop()
+            assert not loop.is_running()
+            seen.append(loop)
+        with pytest.raises(RuntimeError):
+            asyncio.get_event_loop()
+
+    for _ in range(2):
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+    assert len(seen) == 2 and seen[0] is seen[1]  # reused, one thread at a time
+
+
+def test_tool_schemas_are_cached_per_tool_set(engines: dict[str, HolmesEngine]) -> None:
+    from holmes.core.tools_utils.tool_executor import ToolExecutor
+
+    assert "self._get_base_tools()" in inspect.getsource(ToolExecutor.get_all_tools_openai_format)
+    fast_ai = engines["fast"]._create_ai(engines["fast"]._get_config())
+    executor = fast_ai.tool_executor
+    assert executor._get_base_tools.__holmes_stream_memo__
+    fresh = ToolExecutor._get_base_tools(executor)  # HolmesGPT's own formatting
+    first = fast_ai._get_tools()
+    second = fast_ai._get_tools()
+    assert first == second == fresh and first is not second
+    first[0]["function"]["name"] = "changed"  # a copy per call: nothing leaks
+    assert fast_ai._get_tools() == fresh
+    slow_ai = engines["slow"]._create_ai(engines["slow"]._get_config())
+    assert not getattr(slow_ai.tool_executor._get_base_tools, "__holmes_stream_memo__", False)
+
+
+def test_litellm_cache_argument_mapping_is_as_expected() -> None:
+    import litellm
+
+    assert fastpath.install()
+    module = importlib.import_module(fastpath.CACHE_ARGS_MODULE)
+    wrapper = getattr(module, fastpath.CACHE_ARGS_FUNCTION)
+    assert wrapper.__holmes_stream_memo__
+    original = inspect.unwrap(wrapper)
+    assert _params(original) == ["original_function", "args"]
+    source = inspect.getsource(module.LLMCachingHandler.sync_set_cache)
+    assert f"{fastpath.CACHE_ARGS_FUNCTION}(" in source
+    token = fastpath._active.set(True)
+    try:
+        for args in (None, ()):
+            assert wrapper(litellm.completion, args) == original(litellm.completion, args) == {}
+        assert wrapper(litellm.completion, ("m",)) == original(litellm.completion, ("m",))
+    finally:
+        fastpath._active.reset(token)

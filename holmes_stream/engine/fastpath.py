@@ -17,25 +17,63 @@ of CPU, almost all of it repeated work:
   ``count_tokens`` itself still runs unchanged, so its context-window management (compaction,
   per-message ``token_count`` caching, the Anthropic image correction) is untouched.
 
-The token memo is the one monkeypatch: litellm creates its count function per call inside
-``litellm.litellm_core_utils.token_counter._get_count_function`` and offers no hook. ``install()``
-wraps that module function once, idempotently, and the wrapper only memoises while a
-``count_tokens`` call of an LLM made by ``create_toolcalling_llm`` below is running on the current
-thread (a ``ContextVar``); every other caller, including the bare SDK we benchmark against, gets
-litellm's original function. Everything else here composes HolmesGPT's public functions.
+A second profile (~30 ms per investigation left, the agent loop's thread half of it) showed:
+
+* **Whole-conversation counts** (~7 ms): every ``count_tokens`` still passes the whole
+  conversation to ``litellm.token_counter`` twice, which formats all of it into a debug f-string
+  (the 15 KB system prompt included) and walks it. litellm's count is a sum over messages plus
+  one term for the tools, so ``MessageCounts`` rebuilds it from litellm's own counts of single
+  messages and of the tool list, remembered per content. Exact: tested against litellm.
+* **The OpenAI SDK's request transform** (~2 ms): ``Completions.create`` walks the whole request
+  (messages, tool schemas) against its TypedDicts. No field of the chat-completion params has an
+  alias or a format (tested), so for plain JSON it only drops the omitted arguments.
+* **JSON encoding** (~2 ms): HolmesGPT imports python-benedict, which turns off the standard
+  library's C JSON encoder for the whole process (``json.encoder.c_make_encoder = None``). The
+  request body (``openapi_dumps``), our token-memo keys and our event payloads use the C encoder
+  directly (``c_dumps``: the same text as ``json.dumps`` for plain JSON, tested).
+* **An event loop per LLM request** (~2 ms each): after every sync request litellm's
+  ``ServiceLogging.service_success_hook`` runs a no-op coroutine with ``asyncio.run`` on threads
+  without an event loop, as our agent-loop threads are. ``thread_event_loop`` gives the thread a
+  (reused, not running) loop, so litellm runs the same coroutine with ``run_until_complete``.
+* **Tool schemas** (~0.5 ms): ``ToolExecutor._get_base_tools`` formats and deep-copies every
+  tool's schema twice per investigation; ``cache_tool_schemas`` formats it once per tool set and
+  hands out a copy per call.
+
+Monkeypatches: litellm and the OpenAI SDK offer no hooks, so ``install()`` replaces these module
+attributes once, idempotently (``tests/test_engine_fastpath.py`` fails if any of them changes
+name, signature or the way it is used):
+
+* ``litellm.litellm_core_utils.token_counter._get_count_function`` (per-string count memo),
+* ``litellm.token_counter`` (whole-conversation counts, the calls ``count_tokens`` makes only),
+* ``openai.resources.chat.completions.completions.maybe_transform`` (chat-completion params
+  made of plain JSON only),
+* ``openai._base_client.openapi_dumps`` (request bodies made of plain JSON only),
+* ``litellm.caching.caching_handler.convert_args_to_kwargs`` (no positional arguments only: after
+  every completion litellm maps them to names through ``inspect.signature``, cache or not; with
+  none the mapping is ``{}``).
+
+Every wrapper falls through to the original unless a ``count_tokens`` or ``completion`` call of an
+LLM made here (``create_toolcalling_llm``/``toolcalling_llm``) is running on the current thread
+(a ``ContextVar``); every other caller, including the bare SDK we benchmark against, gets the
+libraries' own functions. The per-LLM and per-executor wrappers are instance attributes of our
+objects only. Everything else here composes HolmesGPT's public functions.
 """
 
 from __future__ import annotations
 
+import _json
+import asyncio
+import contextlib
 import functools
+import json
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from holmes.config import Config
@@ -47,6 +85,13 @@ log = logging.getLogger(__name__)
 # What is patched and wrapped; tests/test_engine_fastpath.py checks they still exist.
 TOKEN_COUNTER_MODULE = "litellm.litellm_core_utils.token_counter"
 TOKEN_COUNTER_FUNCTION = "_get_count_function"
+LITELLM_TOKEN_COUNTER = "token_counter"  # litellm.token_counter, as DefaultLLM.count_tokens uses it
+TRANSFORM_MODULE = "openai.resources.chat.completions.completions"
+TRANSFORM_FUNCTION = "maybe_transform"
+BODY_DUMPS_MODULE = "openai._base_client"
+BODY_DUMPS_FUNCTION = "openapi_dumps"
+CACHE_ARGS_MODULE = "litellm.caching.caching_handler"
+CACHE_ARGS_FUNCTION = "convert_args_to_kwargs"
 USER_PROMPT_TEMPLATE = "builtin://base_user_prompt.jinja2"
 
 # Environment variables that change which parts of the system prompt HolmesGPT renders.
@@ -55,8 +100,10 @@ PROMPT_ENV_VARS = ("ENABLED_PROMPTS", "SCOPED_NAMESPACES")
 MEMO_MAX_CHARS = 64 * 1024 * 1024  # total text kept as keys of the token memo, per tokenizer
 MEMO_MAX_ENTRY_CHARS = 1024 * 1024  # longer texts are counted but not remembered
 SYSTEM_PROMPT_CACHE_SIZE = 32
+MESSAGE_MEMO_MAX_CHARS = 64 * 1024 * 1024  # message texts kept as keys of the per-message memo
 
-_memo_active: ContextVar[bool] = ContextVar("holmes_stream_token_memo", default=False)
+# True while a call of one of our LLMs (count_tokens, completion) runs on this thread.
+_active: ContextVar[bool] = ContextVar("holmes_stream_fastpath", default=False)
 _install_lock = threading.Lock()
 _installed = False
 
@@ -115,13 +162,317 @@ def _memo_for(model: str, original: Callable[..., Callable[[str], int]]) -> Toke
     return memo
 
 
+# -- JSON -------------------------------------------------------------------------------------
+
+
+def plain_json(values: Any) -> bool:
+    """Whether these values are made of dicts with string keys, lists, strings, numbers, booleans
+    and None only (exact types: no subclasses)."""
+    stack = list(values)
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is str or kind is int or kind is float or kind is bool or value is None:
+            continue
+        if kind is dict:
+            for key in value:
+                if type(key) is not str:
+                    return False
+            stack.extend(value.values())
+        elif kind is list:
+            stack.extend(value)
+        else:
+            return False
+    return True
+
+
+def _not_serializable(value: Any) -> Any:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+def c_dumps(
+    value: Any,
+    *,
+    ensure_ascii: bool = True,
+    separators: tuple[str, str] = (", ", ": "),
+    allow_nan: bool = True,
+    default: Callable[[Any], Any] | None = None,
+) -> str:
+    """``json.dumps(value, ...)`` through the C encoder the standard library ships.
+
+    HolmesGPT imports python-benedict, which sets ``json.encoder.c_make_encoder = None`` for the
+    whole process, so every ``json.dumps`` runs the pure-Python encoder (several times slower).
+    This builds the C encoder ``JSONEncoder.iterencode`` would use (same arguments); for plain
+    JSON (``plain_json``) both produce the same text (tested)."""
+    encode_string = _json.encode_basestring_ascii if ensure_ascii else _json.encode_basestring
+    if isinstance(value, str):
+        return str(encode_string(value))
+    encode = _json.make_encoder(
+        {},  # check_circular, as json.dumps
+        default or _not_serializable,
+        encode_string,
+        None,  # indent
+        separators[1],
+        separators[0],
+        False,  # sort_keys
+        False,  # skipkeys
+        allow_nan,
+    )
+    return "".join(encode(value, 0))
+
+
+# -- whole-message token counts ---------------------------------------------------------------
+
+_JSON_VALUE = object()  # marks a key part holding a JSON-encoded (non-string) value
+
+
+def message_key(message: Any) -> tuple[Any, ...] | None:
+    """What litellm's count of one message depends on, hashable; None for anything but a plain
+    JSON dict (litellm then counts it itself).
+
+    HolmesGPT's own per-message cache entry (``token_count``, an int) is left out: litellm counts
+    strings, tool calls and content lists only, and the test suite checks it ignores that key."""
+    if type(message) is not dict:
+        return None
+    parts: list[Any] = []
+    for key, value in message.items():
+        if value is None or type(value) is str:
+            parts.append((key, value))
+        elif key == "token_count" and type(value) is int:
+            continue
+        elif plain_json((value,)):
+            parts.append((key, _JSON_VALUE, c_dumps(value)))
+        else:
+            return None
+    return tuple(parts)
+
+
+def _key_chars(key: tuple[Any, ...]) -> int:
+    return sum(len(part[-1]) for part in key if isinstance(part[-1], str)) + 64
+
+
+class MessageCounts:
+    """litellm's token count of single messages and of tool definitions, per model.
+
+    ``litellm.token_counter(messages=M, tools=T)`` is a sum: every message is counted on its own
+    (``_count_messages``) and one ``_count_extra(tools, includes_system_message)`` is added. So
+
+        count(M, T) = Σ (count([m]) - count([])) + count([]) + extra(T, system in M)
+        extra(T, s) = count([p_s], T) - count([p_s])     (p_s: a system or user message)
+
+    where every term on the right is litellm's own result for a smaller input, remembered here.
+    HolmesGPT asks for the whole conversation twice per ``count_tokens`` (with and without tools);
+    litellm formats the whole list into a debug f-string and walks it each time. Bounded LRU."""
+
+    def __init__(self, count: Callable[..., int], max_chars: int = MESSAGE_MEMO_MAX_CHARS) -> None:
+        self._count = count
+        self._max_chars = max_chars
+        self._chars = 0
+        self._cache: OrderedDict[tuple[Any, ...], int] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def _get(self, key: tuple[Any, ...], compute: Callable[[], int], chars: int) -> int:
+        with self._lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                self.hits += 1
+                return cached
+            self.misses += 1
+        value = compute()
+        with self._lock:
+            if key not in self._cache:
+                self._cache[key] = value
+                self._chars += chars
+                while self._chars > self._max_chars and self._cache:
+                    evicted, _ = self._cache.popitem(last=False)
+                    self._chars -= _chars_of(evicted)
+        return value
+
+    def single(self, model: str, message: Any, key: tuple[Any, ...]) -> int:
+        return self._get(
+            ("message", model, key),
+            lambda: self._count(model=model, messages=[message]),
+            _key_chars(key),
+        )
+
+    def empty(self, model: str) -> int:
+        return self._get(("empty", model), lambda: self._count(model=model, messages=[]), 64)
+
+    def extra(self, model: str, tools: list[Any], tools_json: str, system: bool) -> int:
+        probe = [{"role": "system" if system else "user", "content": ""}]
+
+        def compute() -> int:
+            with_tools = self._count(model=model, messages=probe, tools=tools)
+            return with_tools - self._count(model=model, messages=probe)
+
+        return self._get(("tools", model, system, tools_json), compute, len(tools_json) + 64)
+
+    def total(self, model: str, messages: list[Any], tools: list[Any] | None) -> int | None:
+        """``count(model=model, messages=messages, tools=tools)``; None when not decomposable."""
+        keys = []
+        for message in messages:
+            key = message_key(message)
+            if key is None:
+                return None
+            keys.append(key)
+        if len(messages) == 1 and not tools:
+            return self.single(model, messages[0], keys[0])
+        base = self.empty(model)
+        pairs = zip(messages, keys, strict=True)
+        total = base + sum(self.single(model, m, k) - base for m, k in pairs)
+        if tools:
+            if not plain_json((tools,)):
+                return None
+            tools_json = c_dumps(tools)
+            system = any(m.get("role") == "system" for m in messages)
+            total += self.extra(model, tools, tools_json, system)
+        return total
+
+
+def _chars_of(key: tuple[Any, ...]) -> int:
+    if key[0] == "message":
+        return _key_chars(key[2])
+    if key[0] == "tools":
+        return len(key[3]) + 64
+    return 64
+
+
+_message_counts: MessageCounts | None = None
+
+
+def _wrap_token_counter(litellm: Any) -> bool:
+    global _message_counts
+    original = getattr(litellm, LITELLM_TOKEN_COUNTER, None)
+    if original is None:
+        log.warning("fastpath: litellm.%s is gone; whole conversations are recounted",
+                    LITELLM_TOKEN_COUNTER)  # fmt: skip
+        return False
+    if getattr(original, "__holmes_stream_memo__", False):
+        return True
+    counts = _message_counts = MessageCounts(original)
+
+    @functools.wraps(original)
+    def token_counter(*args: Any, **kwargs: Any) -> Any:
+        # Only the calls DefaultLLM.count_tokens makes: model=, messages=[, tools=].
+        if args or not _active.get() or litellm.disable_token_counter or kwargs.keys() - _PLAIN:
+            return original(*args, **kwargs)
+        model, messages = kwargs.get("model"), kwargs.get("messages")
+        if type(model) is not str or type(messages) is not list or not messages:
+            return original(*args, **kwargs)
+        total = counts.total(model, messages, kwargs.get("tools"))
+        return original(*args, **kwargs) if total is None else total
+
+    token_counter.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
+    setattr(litellm, LITELLM_TOKEN_COUNTER, token_counter)
+    return True
+
+
+_PLAIN = frozenset({"model", "messages", "tools"})
+
+
+# -- the OpenAI SDK's request-parameter transform ---------------------------------------------
+
+
+def _wrap_transform() -> bool:
+    import importlib
+
+    from openai._utils import is_given
+    from openai.types.chat import completion_create_params
+
+    module = importlib.import_module(TRANSFORM_MODULE)
+    original = getattr(module, TRANSFORM_FUNCTION, None)
+    if original is None:
+        log.warning("fastpath: %s.%s is gone; request params are transformed as usual",
+                    TRANSFORM_MODULE, TRANSFORM_FUNCTION)  # fmt: skip
+        return False
+    if getattr(original, "__holmes_stream_memo__", False):
+        return True
+    create_params = (
+        completion_create_params.CompletionCreateParamsNonStreaming,
+        completion_create_params.CompletionCreateParamsStreaming,
+    )
+
+    @functools.wraps(original)
+    def maybe_transform(data: Any, expected_type: Any) -> Any:
+        # For chat-completion params made of plain JSON the transform only drops the omitted
+        # arguments (no field of these types has an alias or a format: tested).
+        if _active.get() and type(data) is dict and expected_type in create_params:
+            given = {key: value for key, value in data.items() if is_given(value)}
+            if plain_json(given.values()):
+                return given
+        return original(data, expected_type)
+
+    maybe_transform.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
+    setattr(module, TRANSFORM_FUNCTION, maybe_transform)
+    return True
+
+
+def _wrap_body_dumps() -> bool:
+    import importlib
+
+    module = importlib.import_module(BODY_DUMPS_MODULE)
+    original = getattr(module, BODY_DUMPS_FUNCTION, None)
+    if original is None:
+        log.warning("fastpath: %s.%s is gone; request bodies are encoded as usual",
+                    BODY_DUMPS_MODULE, BODY_DUMPS_FUNCTION)  # fmt: skip
+        return False
+    if getattr(original, "__holmes_stream_memo__", False):
+        return True
+
+    @functools.wraps(original)
+    def openapi_dumps(obj: Any) -> bytes:
+        # The same json.dumps arguments as openai._utils._json.openapi_dumps; its encoder's
+        # ``default`` (datetimes, pydantic models) is never reached by plain JSON.
+        if _active.get() and type(obj) is dict and plain_json((obj,)):
+            text = c_dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            return text.encode()
+        return cast(bytes, original(obj))
+
+    openapi_dumps.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
+    setattr(module, BODY_DUMPS_FUNCTION, openapi_dumps)
+    return True
+
+
+def _wrap_cache_args() -> bool:
+    import importlib
+
+    module = importlib.import_module(CACHE_ARGS_MODULE)
+    original = getattr(module, CACHE_ARGS_FUNCTION, None)
+    if original is None:
+        log.warning("fastpath: %s.%s is gone", CACHE_ARGS_MODULE, CACHE_ARGS_FUNCTION)
+        return False
+    if getattr(original, "__holmes_stream_memo__", False):
+        return True
+
+    @functools.wraps(original)
+    def convert_args_to_kwargs(original_function: Any, args: Any = None) -> Any:
+        # litellm maps positional arguments to names through inspect.signature after every
+        # completion, cache or not; HolmesGPT passes none, and with none the mapping is empty.
+        if not args and _active.get():
+            return {}
+        return original(original_function, args)
+
+    convert_args_to_kwargs.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
+    setattr(module, CACHE_ARGS_FUNCTION, convert_args_to_kwargs)
+    return True
+
+
+# -- installation -----------------------------------------------------------------------------
+
+
 def install() -> bool:
-    """Wrap litellm's count-function factory once. False if litellm no longer has it."""
+    """Install the scoped wrappers once. False if litellm no longer has its count-function
+    factory (the other wrappers are then skipped too: nothing is memoised)."""
     global _installed
     with _install_lock:
         if _installed:
             return True
         import importlib
+
+        import litellm
 
         module = importlib.import_module(TOKEN_COUNTER_MODULE)
         original = getattr(module, TOKEN_COUNTER_FUNCTION, None)
@@ -129,47 +480,61 @@ def install() -> bool:
             log.warning("fastpath: %s.%s is gone; token counts are not memoised",
                         TOKEN_COUNTER_MODULE, TOKEN_COUNTER_FUNCTION)  # fmt: skip
             return False
-        if getattr(original, "__holmes_stream_memo__", False):
-            _installed = True
-            return True
+        if not getattr(original, "__holmes_stream_memo__", False):
 
-        @functools.wraps(original)
-        def get_count_function(model: Any, custom_tokenizer: Any = None) -> Any:
-            if custom_tokenizer is not None or not _memo_active.get():
-                return original(model, custom_tokenizer)
-            return _memo_for(str(model), original)
+            @functools.wraps(original)
+            def get_count_function(model: Any, custom_tokenizer: Any = None) -> Any:
+                if custom_tokenizer is not None or not _active.get():
+                    return original(model, custom_tokenizer)
+                return _memo_for(str(model), original)
 
-        get_count_function.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
-        setattr(module, TOKEN_COUNTER_FUNCTION, get_count_function)
+            get_count_function.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
+            setattr(module, TOKEN_COUNTER_FUNCTION, get_count_function)
+        _wrap_token_counter(litellm)
+        _wrap_transform()
+        _wrap_body_dumps()
+        _wrap_cache_args()
         _installed = True
         return True
 
 
-def memoise_token_counts(ai: ToolCallingLLM) -> None:
-    """Make this LLM's ``count_tokens`` use the memo; HolmesGPT's logic runs unchanged."""
-    llm = ai.llm
-    if getattr(llm.count_tokens, "__holmes_stream_memo__", False):
-        return
-    count_tokens = llm.count_tokens
-
-    @functools.wraps(count_tokens)
-    def memoised(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> Any:
-        token = _memo_active.set(True)
+def _scoped(function: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(function)
+    def scoped(*args: Any, **kwargs: Any) -> Any:
+        token = _active.set(True)
         try:
-            return count_tokens(messages=messages, tools=tools)
+            return function(*args, **kwargs)
         finally:
-            _memo_active.reset(token)
+            _active.reset(token)
 
-    memoised.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
-    # An instance attribute shadows the method for this LLM object only.
-    setattr(llm, "count_tokens", memoised)  # noqa: B010
+    scoped.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
+    return scoped
+
+
+def memoise_token_counts(ai: ToolCallingLLM) -> None:
+    """Make this LLM's ``count_tokens`` and ``completion`` run inside the fast-path scope;
+    HolmesGPT's logic runs unchanged."""
+    llm = ai.llm
+    # Instance attributes shadow the methods for this LLM object only.
+    for name in ("count_tokens", "completion"):
+        method = getattr(llm, name)
+        if not getattr(method, "__holmes_stream_memo__", False):
+            setattr(llm, name, _scoped(method))
 
 
 def memo_stats() -> dict[str, dict[str, int]]:
-    return {
+    stats = {
         model: {"hits": memo.hits, "misses": memo.misses, "entries": len(memo._cache)}
         for model, memo in list(_memos.items())
     }
+    if _message_counts is not None:
+        counts = _message_counts
+        stats["<messages>"] = {
+            "hits": counts.hits,
+            "misses": counts.misses,
+            "entries": len(counts._cache),
+        }
+    return stats
 
 
 # -- prompts ----------------------------------------------------------------------------------
@@ -327,6 +692,7 @@ def create_toolcalling_llm(config: Config) -> ToolCallingLLM:
     )
     if install():
         memoise_token_counts(ai)
+        cache_tool_schemas(ai.tool_executor)
     return ai
 
 
@@ -340,6 +706,7 @@ def toolcalling_llm(
     ai = ToolCallingLLM(executor, config.max_steps, llm, tool_results_dir=None)
     if memoise and install():
         memoise_token_counts(ai)
+        cache_tool_schemas(executor)
     return ai
 
 
@@ -347,3 +714,87 @@ def warm(ai: ToolCallingLLM, config: Config) -> None:
     """Render the system prompt and count its tokens and the tool schemas ahead of traffic."""
     messages = build_chat_messages("warm-up", ai=ai, config=config)
     ai.llm.count_tokens(messages=messages[:1], tools=ai.tool_executor.get_all_tools_openai_format())
+
+
+# -- the agent loop's thread ------------------------------------------------------------------
+
+_idle_loops: list[asyncio.AbstractEventLoop] = []
+_idle_loops_lock = threading.Lock()
+IDLE_LOOPS_MAX = 64
+
+
+@contextlib.contextmanager
+def thread_event_loop() -> Iterator[None]:
+    """Give the current thread a (not running) asyncio event loop while the agent loop runs.
+
+    After every sync LLM request litellm's ``track_llm_api_timing`` calls
+    ``ServiceLogging.service_success_hook``, which runs its (callback-less) coroutine with
+    ``loop.run_until_complete`` on the thread's event loop, or, on a thread without one (the
+    engine's fresh ``holmes-loop`` threads), with ``asyncio.run``: a new event loop and its
+    default-executor shutdown per request, ~2 ms of CPU. The same coroutine runs either way.
+    Loops are reused across investigations (one thread at a time) and never run concurrently.
+    Code on the thread that calls ``asyncio.run`` itself is unaffected (it makes its own loop)."""
+    if _running_loop() is not None:  # already inside a running loop: leave it alone
+        yield
+        return
+    with _idle_loops_lock:
+        loop = _idle_loops.pop() if _idle_loops else None
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop(None)
+        if not loop.is_closed() and not loop.is_running():
+            with _idle_loops_lock:
+                keep = len(_idle_loops) < IDLE_LOOPS_MAX
+                if keep:
+                    _idle_loops.append(loop)
+            if not keep:
+                loop.close()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+# -- tool schemas -----------------------------------------------------------------------------
+
+
+def cache_tool_schemas(executor: Any) -> None:
+    """Build the OpenAI-format schema of this executor's tools once per tool set.
+
+    ``ToolCallingLLM._get_tools`` calls ``ToolExecutor.get_all_tools_openai_format`` at the start
+    of every loop and after every tool step; it formats each tool anew (``apply_strict_mode``
+    deep-copies each schema). The formatted list depends only on the tools (keyed on the tool
+    objects and their names and descriptions); every call gets its own copy (a C JSON round
+    trip), so nothing HolmesGPT or litellm does to one list reaches another. HolmesGPT's
+    per-user OAuth replacement (``get_all_tools_openai_format``) still runs on every call."""
+    base = executor._get_base_tools
+    if getattr(base, "__holmes_stream_memo__", False):
+        return
+    lock = threading.Lock()
+    cached: dict[str, Any] = {}
+
+    @functools.wraps(base)
+    def get_base_tools() -> list[Any]:
+        tools = list(executor.tools_by_name.items())
+        key = tuple((name, id(tool), tool.description) for name, tool in tools)
+        with lock:
+            entry = cached.get("entry")
+        if entry is None or entry[0] != key:
+            schemas = base()
+            if not plain_json((schemas,)):
+                return list(schemas)
+            entry = (key, c_dumps(schemas), [tool for _, tool in tools])
+            with lock:
+                cached["entry"] = entry
+        return list(json.loads(entry[1]))
+
+    get_base_tools.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
+    # An instance attribute shadows the method for this executor only.
+    setattr(executor, "_get_base_tools", get_base_tools)  # noqa: B010

@@ -9,6 +9,7 @@ steps).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from holmes_stream.engine.base import (
 )
 from holmes_stream.engine.breaker import Breaker, LocalBreaker, RedisBreaker
 from holmes_stream.engine.catalog import model_catalog, redis_catalog_sink
+from holmes_stream.engine.fastpath import c_dumps, thread_event_loop
 from holmes_stream.schemas import Alert, FailoverAttempt, InvestigationResult, ToolCall
 from holmes_stream.settings import LLMSettings, ModelEntry, Settings
 
@@ -374,7 +376,7 @@ class HolmesEngine:
         runner = threading.Thread(
             # HolmesGPT's own log lines carry the investigation's log context and trace.
             target=logcontext.in_context(_drain),
-            args=(ai, messages, stop, events, gate),
+            args=(ai, messages, stop, events, gate, self.fast),
             name="holmes-loop",
             daemon=True,
         )
@@ -657,20 +659,34 @@ def _drain(
     stop: threading.Event,
     events: queue.SimpleQueue[tuple[str, Any]],
     gate: StepGate | None = None,
+    fast: bool = True,
 ) -> None:
     try:
-        for message in ai.call_stream(msgs=messages, cancel_event=stop):
-            if stop.is_set():
-                return
-            name = _event_name(message.event)
-            events.put(("event", (name, message.data)))
-            # The gate runs on the loop's own thread, so a "no" stops it before its next step.
-            if gate is not None and not gate(name, message.data):
-                stop.set()
-                return
-        events.put(("done", None))
+        # litellm runs a coroutine after every request: on the thread's own event loop when it
+        # has one, else through asyncio.run (a new loop each time). See fastpath.
+        with thread_event_loop() if fast else contextlib.nullcontext():
+            _stream(ai, messages, stop, events, gate)
     except BaseException as exc:  # handed to the waiting thread, which classifies it
         events.put(("error", exc))
+
+
+def _stream(
+    ai: ToolCallingLLM,
+    messages: list[dict[str, Any]],
+    stop: threading.Event,
+    events: queue.SimpleQueue[tuple[str, Any]],
+    gate: StepGate | None,
+) -> None:
+    for message in ai.call_stream(msgs=messages, cancel_event=stop):
+        if stop.is_set():
+            return
+        name = _event_name(message.event)
+        events.put(("event", (name, message.data)))
+        # The gate runs on the loop's own thread, so a "no" stops it before its next step.
+        if gate is not None and not gate(name, message.data):
+            stop.set()
+            return
+    events.put(("done", None))
 
 
 def _event_name(event: Any) -> str:
@@ -735,13 +751,13 @@ def conversation_of(
             ]
         ),
     )
-    if len(json.dumps(kept)) <= max_chars:
+    if len(c_dumps(kept)) <= max_chars:
         return kept
     for message in kept:
         content = message.get("content")
         if message.get("role") == "tool" and isinstance(content, str):
             message["content"] = _truncate(content, KEPT_TOOL_OUTPUT_CHARS)
-    if len(json.dumps(kept)) <= max_chars:
+    if len(c_dumps(kept)) <= max_chars:
         return kept
     log.warning("conversation of %d messages too long to keep for follow-ups", len(kept))
     return None
@@ -753,7 +769,7 @@ def _tool_output(result: dict[str, Any]) -> str:
         return str(result["error"])
     if data is None:
         return ""
-    return data if isinstance(data, str) else json.dumps(data, default=str)
+    return data if isinstance(data, str) else c_dumps(data, default=str)
 
 
 def tool_call_from_event(data: dict[str, Any]) -> ToolCall:
@@ -827,7 +843,7 @@ def _maybe_truncate(value: Any, limit: int) -> Any:
 
 
 def _json_safe(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
+    return json.loads(c_dumps(value, default=str))
 
 
 # -- errors -----------------------------------------------------------------------------------
