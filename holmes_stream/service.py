@@ -257,6 +257,8 @@ class InvestigationService:
         self._running: dict[str, threading.Event] = {}
         self.settled = SettledEpisodes()
         self.progress = ProgressWriter(store, producers)
+        # Investigation id -> owner of the lease this process holds on it.
+        self._leases: dict[str, str] = {}
 
     # ---------------------------------------------------------------- submission (API side)
     async def submit(self, works: list[AlertWork]) -> list[Submission]:
@@ -436,6 +438,8 @@ class InvestigationService:
                     return Outcome.DUPLICATE
                 await asyncio.sleep(_LEASE_POLL_SECONDS)
         keeper = asyncio.create_task(self._keep_lease(record.id, owner, lease))
+        # The outcome's write gives the lease back with it (see _publish_outcome).
+        self._leases[record.id] = owner
         try:
             if not claim.leased:
                 # The holder before us may have finished it in the meantime.
@@ -447,7 +451,8 @@ class InvestigationService:
             return await self._investigate(record, work, source, stop)
         finally:
             keeper.cancel()
-            await self.store.release_lease(record.id, owner)
+            if self._leases.pop(record.id, None) is not None:
+                await self.store.release_lease(record.id, owner)
 
     async def _keep_lease(self, investigation_id: str, owner: str, seconds: float) -> None:
         while True:
@@ -527,7 +532,7 @@ class InvestigationService:
             question = self.extras.redactor.redact_text(question)
         return EngineRequest(
             investigation_id=record.id,
-            alert=self._redacted(work.alert),
+            alert=record.alert,  # redacted when the record was made
             question=question,
             model=work.model,
             toolsets=work.toolsets,
@@ -667,7 +672,9 @@ class InvestigationService:
         return outcome
 
     async def _publish_outcome(self, record: InvestigationRecord) -> None:
-        await self.store.put(record)
+        # A terminal record needs no lease: a redelivery finds it finished.
+        await self.store.put(record, release_lease_of=self._leases.get(record.id))
+        self._leases.pop(record.id, None)
         await self.producers.publish_result(record)
         payload: dict[str, Any] = {"status": record.status}
         if record.reason:

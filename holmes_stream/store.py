@@ -115,6 +115,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# An outcome stored and its run's lease given back in one step (the lease only if still ours).
+_PUT_RELEASE = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+end
+return 1
+"""
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('DEL', KEYS[1])
@@ -150,6 +158,7 @@ class RecordStore:
         self._append_many = redis.register_script(_APPEND_EVENTS)
         self._renew = redis.register_script(_RENEW_LEASE)
         self._release = redis.register_script(_RELEASE_LEASE)
+        self._put_release = redis.register_script(_PUT_RELEASE)
         self._create = redis.register_script(_CREATE_RECORD)
         self._settle_new = redis.register_script(_SETTLE_NEW)
         self._claim = redis.register_script(_CLAIM)
@@ -275,8 +284,14 @@ class RecordStore:
         raws = await self.redis.mget([self._k("inv", i) for i in ids])
         return [InvestigationRecord.model_validate_json(r) for r in raws if r is not None]
 
-    async def put(self, record: InvestigationRecord) -> None:
-        await self.redis.set(self._k("inv", record.id), record.model_dump_json(), ex=self.ttl)
+    async def put(self, record: InvestigationRecord, release_lease_of: str | None = None) -> None:
+        """Store ``record``; with ``release_lease_of``, also release that owner's lease on it."""
+        key, value = self._k("inv", record.id), record.model_dump_json()
+        if release_lease_of is None:
+            await self.redis.set(key, value, ex=self.ttl)
+            return
+        lease = self._k("lease", record.id)
+        await self._put_release(keys=[key, lease], args=[value, self.ttl, release_lease_of])
 
     def _index_keys(self, record: InvestigationRecord) -> list[str]:
         keys = [self._k("idx", "all"), self._k("idx", "fp", record.fingerprint)]

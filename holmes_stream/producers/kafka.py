@@ -15,6 +15,7 @@ from holmes_stream.settings import KafkaSettings
 from holmes_stream.telemetry import Telemetry
 
 PRODUCER_BATCH_BYTES = 512 * 1024
+PRODUCER_LINGER_MS = 5
 
 
 def make_broker(
@@ -35,6 +36,9 @@ def make_broker(
         # aiokafka sends one batch per partition at a time (idempotent): a send to a full batch
         # waits a broker round trip. At the default 16 KiB that is ~6 results per round trip.
         max_batch_size=PRODUCER_BATCH_BYTES,
+        # Progress events and results of many investigations share produce requests: the broker's
+        # CPU goes per request, and a few milliseconds are nothing beside an LLM's seconds.
+        linger_ms=PRODUCER_LINGER_MS,
         # FastStream logs every message received and processed: debug detail, not operations.
         log_level=logging.DEBUG,
         **kwargs,
