@@ -10,10 +10,12 @@ every investigation's events keep their sequence on both.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from dataclasses import dataclass
 from typing import Any
 
+from holmes_stream import telemetry
 from holmes_stream.producers.kafka import KafkaProducers
 from holmes_stream.schemas import ProgressEvent
 from holmes_stream.store import RecordStore
@@ -30,6 +32,8 @@ class _Pending:
     draft: ProgressEvent
     fingerprint: str
     done: asyncio.Future[ProgressEvent]
+    # The emitter's context when tracing is on: its publish carries that investigation's trace.
+    context: contextvars.Context | None
 
 
 class ProgressWriter:
@@ -52,7 +56,8 @@ class ProgressWriter:
             payload=payload,
         )
         done: asyncio.Future[ProgressEvent] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(draft, fingerprint, done))
+        context = contextvars.copy_context() if telemetry.active() else None
+        self._pending.append(_Pending(draft, fingerprint, done, context))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain())
         return done
@@ -73,8 +78,12 @@ class ProgressWriter:
     async def _write(self, batch: list[_Pending]) -> None:
         await self._store.append_events([item.draft for item in batch])
         for item in batch:
+            publish = self._producers.publish_progress(item.draft, item.fingerprint)
             try:
-                await self._producers.publish_progress(item.draft, item.fingerprint)
+                if item.context is None:
+                    await publish
+                else:
+                    await asyncio.create_task(publish, context=item.context)
             except Exception as exc:
                 item.done.set_exception(exc)
             else:

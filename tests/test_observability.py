@@ -156,17 +156,28 @@ async def test_trace_context_flows_from_http_through_kafka_to_the_result(
     )
     await start_worker(settings)
     api = await start_api(settings)
-    trace_id = secrets.token_hex(16)
-    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
-    response = await submit(api, alert(uid, "trace"), {"traceparent": traceparent})
-    investigation_id = response.json()["investigations"][0]["id"]
+    # Three investigations at once, each in its own trace: their progress events are written
+    # together, yet each one's events carry its own trace.
+    trace_ids = [secrets.token_hex(16) for _ in range(3)]
+    responses = await asyncio.gather(
+        *(
+            submit(
+                api, alert(uid, f"trace{i}"), {"traceparent": f"00-{t}-{secrets.token_hex(8)}-01"}
+            )
+            for i, t in enumerate(trace_ids)
+        )
+    )
+    traces = {
+        r.json()["investigations"][0]["id"]: t for r, t in zip(responses, trace_ids, strict=True)
+    }
+    investigation_id, trace_id = next(iter(traces.items()))
     kafka = settings.kafka
 
-    # The alert message carries the caller's trace in its own traceparent header.
+    # Each alert message carries its caller's trace in its own traceparent header.
     alerts = await collect(
-        kafka.bootstrap_servers, kafka.alerts_topic, lambda m: len(m) >= 1, decode=False
+        kafka.bootstrap_servers, kafka.alerts_topic, lambda m: len(m) >= 3, decode=False
     )
-    assert _trace_id(_headers(alerts[0])["traceparent"]) == trace_id
+    assert {_trace_id(_headers(m)["traceparent"]) for m in alerts} == set(trace_ids)
 
     # So does the result the worker published, and the record says which trace it was.
     results = await collect(
@@ -176,10 +187,17 @@ async def test_trace_context_flows_from_http_through_kafka_to_the_result(
     assert _value(result)["status"] == "completed"
     assert _trace_id(_headers(result)["traceparent"]) == trace_id
     assert _value(result)["source"]["trace_id"] == trace_id
+
+    def all_finished(got: list[Any]) -> bool:
+        ended = {_value(m)["investigation_id"] for m in got if _value(m)["type"] == "completed"}
+        return ended >= set(traces)
+
     progress = await collect(
-        kafka.bootstrap_servers, kafka.progress_topic, lambda m: len(m) >= 3, decode=False
+        kafka.bootstrap_servers, kafka.progress_topic, all_finished, decode=False
     )
-    assert {_trace_id(_headers(m)["traceparent"]) for m in progress} == {trace_id}
+    assert all_finished(progress)
+    for m in progress:
+        assert _trace_id(_headers(m)["traceparent"]) == traces[_value(m)["investigation_id"]]
 
     # The spans: the HTTP request, the alert's publish, the worker's processing of it, the
     # result's publish — one trace, exported by the SDK.
