@@ -50,6 +50,8 @@ class Dispatcher:
         self._limit = settings.worker.max_in_flight
         self._paused = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # What batch-settling tasks weigh against the in-flight limit (see _start_settling).
+        self._settling = 0
         # Fetched beyond the in-flight limit (a batch can hold more): started as slots free up.
         self._backlog: collections.deque[tuple[Any, Any, list[AlertWork]]] = collections.deque()
         self._closing = asyncio.Event()
@@ -108,7 +110,7 @@ class Dispatcher:
         return None
 
     def _start_or_hold(self, record: Any, state: Any, works: list[AlertWork]) -> None:
-        if len(self._tasks) >= self._limit:
+        if self._busy() >= self._limit:
             self._backlog.append((record, state, works))
         else:
             self._start(record, state, works)
@@ -126,48 +128,57 @@ class Dispatcher:
 
         task.add_done_callback(finished)
 
+    def _busy(self) -> int:
+        return len(self._tasks) + self._settling
+
     def _fill_slots(self) -> None:
-        while self._backlog and len(self._tasks) < self._limit and not self._closing.is_set():
+        while self._backlog and self._busy() < self._limit and not self._closing.is_set():
             self._start(*self._backlog.popleft())
         self._apply_backpressure()
 
     def _start_settling(self, items: list[tuple[Any, Any, list[AlertWork]]]) -> None:
-        """One task settles the messages' alerts together; what it cannot goes the usual way."""
+        """One task settles the messages' alerts together, their known episodes included.
+
+        It counts for half the in-flight limit until it ends: the next fetch is settled while
+        this one waits for Redis and Kafka, and fetching pauses beyond that, so a re-send of
+        an episode in these messages is mostly fetched once it is settled (no I/O then).
+        """
+        weight = max(1, self._limit // 2)
         task = asyncio.create_task(self._settle(items))
         self._tasks.add(task)
+        self._settling += weight
+        self._apply_backpressure()
 
-        def finished(t: asyncio.Task[list[tuple[Any, Any, list[AlertWork]]]]) -> None:
+        def finished(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
-            if t.cancelled():
-                return
-            if t.exception() is not None:
+            self._settling -= weight
+            if not t.cancelled() and t.exception() is not None:
                 log.warning("settling %d messages together failed: %s", len(items), t.exception())
-                leftovers = items  # each retried on its own; handling is idempotent
-            else:
-                leftovers = t.result()
-            # Never an LLM run (their episodes are known): started at once, not held back
-            # behind investigations; a fetch brings at most _MAX_BATCH of them.
-            for item in leftovers if not self._closing.is_set() else ():
-                self._start(*item)
+                # Each one on its own, retried as any message is; handling is idempotent.
+                self._backlog.extend(
+                    i for i in items if not self.tracker.is_done(i[1], i[0].offset)
+                )
             self._fill_slots()
 
         task.add_done_callback(finished)
 
-    async def _settle(
-        self, items: list[tuple[Any, Any, list[AlertWork]]]
-    ) -> list[tuple[Any, Any, list[AlertWork]]]:
-        """Settle the items' alerts; marks the fully settled messages done, returns the rest
-        (their alerts whose episodes had a record) for ``handle``."""
+    async def _settle(self, items: list[tuple[Any, Any, list[AlertWork]]]) -> None:
         flat = [(w, _source(record)) for record, _, works in items for w in works]
         existing = iter(await self.service.settle_many(flat))
-        leftovers = []
+        known: list[tuple[Any, Any, list[AlertWork]]] = []
         for record, state, works in items:
-            known = [w for w in works if next(existing) is not None]
-            if known:
-                leftovers.append((record, state, known))
+            ours = [w for w in works if next(existing) is not None]
+            if ours:
+                known.append((record, state, ours))
             else:
                 self.tracker.done(state, record.offset)
-        return leftovers
+
+        async def finish(record: Any, state: Any, works: list[AlertWork]) -> None:
+            # Never an LLM run: a resolution noted, a stale re-send closed, or a duplicate.
+            await self._process(record, works)
+            self.tracker.done(state, record.offset)
+
+        await asyncio.gather(*(finish(*item) for item in known))
 
     def _decode_settled(self, record: Any) -> list[AlertWork] | None:
         """The message's alerts, or ``None`` when ``settled_outcome`` knows all their outcomes.
@@ -195,7 +206,7 @@ class Dispatcher:
         consumer = self.consumer
         if consumer is None or self._closing.is_set():
             return
-        full = len(self._tasks) >= self._limit or bool(self._backlog)
+        full = self._busy() >= self._limit or bool(self._backlog)
         if full != self._paused:
             partitions = consumer.assignment()
             if full:

@@ -36,6 +36,10 @@ class OffsetTracker:
     def done(state: _PartitionState, offset: int) -> None:
         state.in_flight.discard(offset)
 
+    @staticmethod
+    def is_done(state: _PartitionState, offset: int) -> bool:
+        return offset not in state.in_flight
+
     def commit_point(self, tp: TopicPartition) -> int | None:
         state = self._parts.get(tp)
         if state is None or state.next_offset is None:
