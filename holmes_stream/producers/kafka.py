@@ -6,8 +6,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from aiokafka import AIOKafkaProducer
 from faststream.kafka import KafkaBroker
 
 from holmes_stream.schemas import SCHEMA_VERSION, InvestigationRecord, ProgressEvent
@@ -45,6 +46,13 @@ def make_broker(
     )
 
 
+def _wire(correlation_id: str, headers: dict[str, str]) -> list[tuple[str, bytes]]:
+    """Headers as FastStream writes them for a bytes body: content type, correlation id, ours."""
+    out = [("content-type", b""), ("correlation_id", correlation_id.encode())]
+    out += [(name, value.encode()) for name, value in headers.items()]
+    return out
+
+
 def _headers(fingerprint: str | None = None, **extra: str) -> dict[str, str]:
     headers = {"schema-version": str(SCHEMA_VERSION), **extra}
     if fingerprint:
@@ -69,6 +77,8 @@ class KafkaProducers:
     def __init__(self, broker: KafkaBroker, settings: KafkaSettings) -> None:
         self.broker = broker
         self.settings = settings
+        self.results_topic = settings.results_topic
+        self.progress_topic = settings.progress_topic
         self.alerts = broker.publisher(
             settings.alerts_topic,
             title="alerts:publish",
@@ -108,24 +118,48 @@ class KafkaProducers:
         await asyncio.gather(*acks)
 
     async def _send_result(self, record: InvestigationRecord, *, confirm: bool) -> Any:
+        body = record.model_dump_json().encode()
+        key = record.id.encode()
+        headers = _headers(record.fingerprint, status=str(record.status))
+        # Our ids already correlate; FastStream would otherwise draw a random UUID each time.
+        correlation_id = f"{record.id}:{record.status}"
+        direct = None if confirm else self._direct()
+        if direct is not None:
+            return await direct.send(
+                self.results_topic, body, key=key, headers=_wire(correlation_id, headers)
+            )
         return await self.results.publish(
-            record.model_dump_json().encode(),
-            key=record.id.encode(),
-            headers=_headers(record.fingerprint, status=str(record.status)),
-            # Our ids already correlate; FastStream would otherwise draw a random UUID each time.
-            correlation_id=f"{record.id}:{record.status}",
-            no_confirm=not confirm,
+            body, key=key, headers=headers, correlation_id=correlation_id, no_confirm=not confirm
         )
 
     async def publish_progress(self, event: ProgressEvent, fingerprint: str) -> None:
         # Progress is advisory (Redis holds the authoritative copy), so it is not awaited.
+        body = event.json_text().encode()
+        key = event.investigation_id.encode()
+        headers = _headers(fingerprint, event=event.type)
+        correlation_id = f"{event.investigation_id}:{event.seq}"
+        direct = self._direct()
+        if direct is not None:
+            await direct.send(
+                self.progress_topic, body, key=key, headers=_wire(correlation_id, headers)
+            )
+            return
         await self.progress.publish(
-            event.json_text().encode(),
-            key=event.investigation_id.encode(),
-            headers=_headers(fingerprint, event=event.type),
-            correlation_id=f"{event.investigation_id}:{event.seq}",
-            no_confirm=True,
+            body, key=key, headers=headers, correlation_id=correlation_id, no_confirm=True
         )
+
+    def _direct(self) -> AIOKafkaProducer | None:
+        """The broker's own aiokafka producer, for the sends that come by the hundred (progress
+        events, batches of outcomes): FastStream's per-message layers cost as much as the send
+        itself. The same producer, so ordering per partition holds across both ways; the same
+        headers (``_wire``). None with tracing on: its middleware must see every publish."""
+        if self.broker.middlewares:
+            return None
+        try:
+            producer: AIOKafkaProducer = cast(Any, self.broker.config.producer)._producer.producer
+        except AttributeError:  # not connected (or FastStream changed: tested)
+            return None
+        return producer
 
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
         headers = _headers(
