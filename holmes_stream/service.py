@@ -319,18 +319,34 @@ class InvestigationService:
             (existing,) = await self.settle_many([(work, source)])
             if existing is None:
                 return Outcome.SKIPPED
-            if work.alert.status == "resolved":
-                return await self._on_resolved(existing, work)
-            if existing.status.terminal:
-                return await self._duplicate(existing)
-            stale = self._staleness(work, source) or "stale"
-            return await self._finish(existing, Status.SKIPPED, reason=stale)
+            return await self._after_settle(existing, work, source)
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         lease = self.settings.claim_lease_seconds
         claim = await self.store.claim(self._new_record(work, source), owner, lease)
         if claim.record.status.terminal:
             return await self._duplicate(claim.record)
         return await self._run_exclusively(claim, owner, work, source)
+
+    async def resume_settled(
+        self, existing: InvestigationRecord, work: AlertWork, source: Source
+    ) -> Outcome:
+        """``handle`` for an alert whose episode ``settle_many`` found: from where it stopped."""
+        with logcontext.bind(
+            investigation_id=work.investigation_id,
+            fingerprint=work.alert.identity(),
+            tenant=work.tenant,
+        ):
+            return await self._after_settle(existing, work, source)
+
+    async def _after_settle(
+        self, existing: InvestigationRecord, work: AlertWork, source: Source
+    ) -> Outcome:
+        if work.alert.status == "resolved":
+            return await self._on_resolved(existing, work)
+        if existing.status.terminal:
+            return await self._duplicate(existing)
+        stale = self._staleness(work, source) or "stale"
+        return await self._finish(existing, Status.SKIPPED, reason=stale)
 
     def settles_without_run(self, work: AlertWork, source: Source) -> bool:
         """Resolved or stale: an outcome reached without the LLM."""

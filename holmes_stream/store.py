@@ -432,8 +432,11 @@ class RecordStore:
     async def mark_resolved(self, investigation_id: str, at: datetime) -> datetime:
         """Remember when the episode resolved (first report wins); return that time."""
         key = self._k("resolved", investigation_id)
-        await self.redis.set(key, at.isoformat(), nx=True, ex=self.ttl)
-        return await self.resolved_at(investigation_id) or at
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(key, at.isoformat(), nx=True, ex=self.ttl)
+        pipe.get(key)
+        _, raw = await pipe.execute()
+        return at if raw is None else datetime.fromisoformat(raw.decode())
 
     async def prepare_outcome(
         self, investigation_id: str, conversation: list[dict[str, Any]] | None

@@ -163,19 +163,28 @@ class Dispatcher:
         task.add_done_callback(finished)
 
     async def _settle(self, items: list[tuple[Any, Any, list[AlertWork]]]) -> None:
-        flat = [(w, _source(record)) for record, _, works in items for w in works]
-        existing = iter(await self.service.settle_many(flat))
-        known: list[tuple[Any, Any, list[AlertWork]]] = []
-        for record, state, works in items:
-            ours = [w for w in works if next(existing) is not None]
+        sources = [_source(record) for record, _, _ in items]
+        flat = [
+            (w, source) for (_, _, works), source in zip(items, sources, strict=True) for w in works
+        ]
+        found = iter(await self.service.settle_many(flat))
+        known = []
+        for (record, state, works), source in zip(items, sources, strict=True):
+            ours = [(w, e) for w in works if (e := next(found)) is not None]
             if ours:
-                known.append((record, state, ours))
+                known.append((record, state, source, ours))
             else:
                 self.tracker.done(state, record.offset)
 
-        async def finish(record: Any, state: Any, works: list[AlertWork]) -> None:
+        async def finish(
+            record: Any, state: Any, source: Source, ours: list[tuple[AlertWork, Any]]
+        ) -> None:
             # Never an LLM run: a resolution noted, a stale re-send closed, or a duplicate.
-            await self._process(record, works)
+            try:
+                await asyncio.gather(*(self.service.resume_settled(e, w, source) for w, e in ours))
+            except Exception as exc:  # the usual way, with its retries and dead letters
+                log.warning("offset %s goes the usual way: %s", record.offset, exc)
+                await self._process(record, [w for w, _ in ours])
             self.tracker.done(state, record.offset)
 
         await asyncio.gather(*(finish(*item) for item in known))
