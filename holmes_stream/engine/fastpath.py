@@ -343,31 +343,40 @@ def _chars_of(key: tuple[Any, ...]) -> int:
 _message_counts: MessageCounts | None = None
 
 
-def _wrap_token_counter(litellm: Any) -> bool:
-    global _message_counts
-    original = getattr(litellm, LITELLM_TOKEN_COUNTER, None)
+def _replace(
+    module: Any, name: str, otherwise: str, make: Callable[[Any], Callable[..., Any]]
+) -> bool:
+    """Put ``make(original)`` in place of ``module.name``, once; False (logged) if it is gone."""
+    original = getattr(module, name, None)
     if original is None:
-        log.warning("fastpath: litellm.%s is gone; whole conversations are recounted",
-                    LITELLM_TOKEN_COUNTER)  # fmt: skip
+        log.warning("fastpath: %s.%s is gone; %s", module.__name__, name, otherwise)
         return False
     if getattr(original, "__holmes_stream_memo__", False):
         return True
-    counts = _message_counts = MessageCounts(original)
-
-    @functools.wraps(original)
-    def token_counter(*args: Any, **kwargs: Any) -> Any:
-        # Only the calls DefaultLLM.count_tokens makes: model=, messages=[, tools=].
-        if args or not _active.get() or litellm.disable_token_counter or kwargs.keys() - _PLAIN:
-            return original(*args, **kwargs)
-        model, messages = kwargs.get("model"), kwargs.get("messages")
-        if type(model) is not str or type(messages) is not list or not messages:
-            return original(*args, **kwargs)
-        total = counts.total(model, messages, kwargs.get("tools"))
-        return original(*args, **kwargs) if total is None else total
-
-    token_counter.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
-    setattr(litellm, LITELLM_TOKEN_COUNTER, token_counter)
+    wrapper = functools.wraps(original)(make(original))
+    wrapper.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
+    setattr(module, name, wrapper)
     return True
+
+
+def _wrap_token_counter(litellm: Any) -> bool:
+    def make(original: Any) -> Callable[..., Any]:
+        global _message_counts
+        counts = _message_counts = MessageCounts(original)
+
+        def token_counter(*args: Any, **kwargs: Any) -> Any:
+            # Only the calls DefaultLLM.count_tokens makes: model=, messages=[, tools=].
+            if args or not _active.get() or litellm.disable_token_counter or kwargs.keys() - _PLAIN:
+                return original(*args, **kwargs)
+            model, messages = kwargs.get("model"), kwargs.get("messages")
+            if type(model) is not str or type(messages) is not list or not messages:
+                return original(*args, **kwargs)
+            total = counts.total(model, messages, kwargs.get("tools"))
+            return original(*args, **kwargs) if total is None else total
+
+        return token_counter
+
+    return _replace(litellm, LITELLM_TOKEN_COUNTER, "whole conversations are recounted", make)
 
 
 _PLAIN = frozenset({"model", "messages", "tools"})
@@ -382,82 +391,60 @@ def _wrap_transform() -> bool:
     from openai._utils import is_given
     from openai.types.chat import completion_create_params
 
-    module = importlib.import_module(TRANSFORM_MODULE)
-    original = getattr(module, TRANSFORM_FUNCTION, None)
-    if original is None:
-        log.warning("fastpath: %s.%s is gone; request params are transformed as usual",
-                    TRANSFORM_MODULE, TRANSFORM_FUNCTION)  # fmt: skip
-        return False
-    if getattr(original, "__holmes_stream_memo__", False):
-        return True
     create_params = (
         completion_create_params.CompletionCreateParamsNonStreaming,
         completion_create_params.CompletionCreateParamsStreaming,
     )
 
-    @functools.wraps(original)
-    def maybe_transform(data: Any, expected_type: Any) -> Any:
-        # For chat-completion params made of plain JSON the transform only drops the omitted
-        # arguments (no field of these types has an alias or a format: tested).
-        if _active.get() and type(data) is dict and expected_type in create_params:
-            given = {key: value for key, value in data.items() if is_given(value)}
-            if plain_json(given.values()):
-                return given
-        return original(data, expected_type)
+    def make(original: Any) -> Callable[..., Any]:
+        def maybe_transform(data: Any, expected_type: Any) -> Any:
+            # For chat-completion params made of plain JSON the transform only drops the omitted
+            # arguments (no field of these types has an alias or a format: tested).
+            if _active.get() and type(data) is dict and expected_type in create_params:
+                given = {key: value for key, value in data.items() if is_given(value)}
+                if plain_json(given.values()):
+                    return given
+            return original(data, expected_type)
 
-    maybe_transform.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
-    setattr(module, TRANSFORM_FUNCTION, maybe_transform)
-    return True
+        return maybe_transform
+
+    module = importlib.import_module(TRANSFORM_MODULE)
+    return _replace(module, TRANSFORM_FUNCTION, "request params are transformed as usual", make)
 
 
 def _wrap_body_dumps() -> bool:
     import importlib
 
+    def make(original: Any) -> Callable[..., Any]:
+        def openapi_dumps(obj: Any) -> bytes:
+            # The same json.dumps arguments as openai._utils._json.openapi_dumps; its encoder's
+            # ``default`` (datetimes, pydantic models) is never reached by plain JSON.
+            if _active.get() and type(obj) is dict and plain_json((obj,)):
+                text = c_dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+                return text.encode()
+            return cast(bytes, original(obj))
+
+        return openapi_dumps
+
     module = importlib.import_module(BODY_DUMPS_MODULE)
-    original = getattr(module, BODY_DUMPS_FUNCTION, None)
-    if original is None:
-        log.warning("fastpath: %s.%s is gone; request bodies are encoded as usual",
-                    BODY_DUMPS_MODULE, BODY_DUMPS_FUNCTION)  # fmt: skip
-        return False
-    if getattr(original, "__holmes_stream_memo__", False):
-        return True
-
-    @functools.wraps(original)
-    def openapi_dumps(obj: Any) -> bytes:
-        # The same json.dumps arguments as openai._utils._json.openapi_dumps; its encoder's
-        # ``default`` (datetimes, pydantic models) is never reached by plain JSON.
-        if _active.get() and type(obj) is dict and plain_json((obj,)):
-            text = c_dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-            return text.encode()
-        return cast(bytes, original(obj))
-
-    openapi_dumps.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
-    setattr(module, BODY_DUMPS_FUNCTION, openapi_dumps)
-    return True
+    return _replace(module, BODY_DUMPS_FUNCTION, "request bodies are encoded as usual", make)
 
 
 def _wrap_cache_args() -> bool:
     import importlib
 
+    def make(original: Any) -> Callable[..., Any]:
+        def convert_args_to_kwargs(original_function: Any, args: Any = None) -> Any:
+            # litellm maps positional arguments to names through inspect.signature after every
+            # completion, cache or not; HolmesGPT passes none, and with none the mapping is empty.
+            if not args and _active.get():
+                return {}
+            return original(original_function, args)
+
+        return convert_args_to_kwargs
+
     module = importlib.import_module(CACHE_ARGS_MODULE)
-    original = getattr(module, CACHE_ARGS_FUNCTION, None)
-    if original is None:
-        log.warning("fastpath: %s.%s is gone", CACHE_ARGS_MODULE, CACHE_ARGS_FUNCTION)
-        return False
-    if getattr(original, "__holmes_stream_memo__", False):
-        return True
-
-    @functools.wraps(original)
-    def convert_args_to_kwargs(original_function: Any, args: Any = None) -> Any:
-        # litellm maps positional arguments to names through inspect.signature after every
-        # completion, cache or not; HolmesGPT passes none, and with none the mapping is empty.
-        if not args and _active.get():
-            return {}
-        return original(original_function, args)
-
-    convert_args_to_kwargs.__holmes_stream_memo__ = True  # type: ignore[attr-defined]
-    setattr(module, CACHE_ARGS_FUNCTION, convert_args_to_kwargs)
-    return True
+    return _replace(module, CACHE_ARGS_FUNCTION, "arguments are mapped as usual", make)
 
 
 # -- installation -----------------------------------------------------------------------------
