@@ -3,8 +3,8 @@
 Every investigation of a process emits a handful of events (started, tool calls, token counts,
 its outcome). Written one by one, each costs a Redis round trip and a Kafka publish on the
 event loop; under load that is most of a worker's own CPU. The writer takes whatever events are
-waiting, appends them all in one Redis pipeline, then hands them to Kafka, in emission order, so
-every investigation's events keep their sequence on both.
+waiting, appends them all in one Redis script call, then hands them to Kafka, in emission order,
+so every investigation's events keep their sequence on both.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from holmes_stream.store import RecordStore
 
 log = logging.getLogger(__name__)
 
-# Events per Redis pipeline: large enough to carry a burst, small enough to keep a batch's
+# Events per Redis call: large enough to carry a burst, small enough to keep a batch's
 # round trip short when thousands are waiting.
 MAX_BATCH = 256
 

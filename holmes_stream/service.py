@@ -8,6 +8,7 @@ worker at a time runs its LLM loop, and a crashed worker's lease simply expires.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -166,6 +167,15 @@ class Submission:
     duplicate: bool
 
 
+def _about(work: AlertWork) -> contextlib.AbstractContextManager[dict[str, Any]]:
+    """Every log line on the way, HolmesGPT's in its threads too, says which alert it is about."""
+    return logcontext.bind(
+        investigation_id=work.investigation_id,
+        fingerprint=work.alert.identity(),
+        tenant=work.tenant,
+    )
+
+
 def backoff(attempt: int, base: float, cap: float) -> float:
     """Exponential backoff with full jitter."""
     return random.uniform(0, min(cap, base * 2 ** max(0, attempt - 1)))
@@ -306,12 +316,7 @@ class InvestigationService:
         settled = self.settled_outcome(work)
         if settled is not None:
             return settled
-        # Every log line on the way, HolmesGPT's in its threads too, says which alert it is about.
-        with logcontext.bind(
-            investigation_id=work.investigation_id,
-            fingerprint=work.alert.identity(),
-            tenant=work.tenant,
-        ):
+        with _about(work):
             return await self._handle(work, source)
 
     async def _handle(self, work: AlertWork, source: Source) -> Outcome:
@@ -331,11 +336,7 @@ class InvestigationService:
         self, existing: InvestigationRecord, work: AlertWork, source: Source
     ) -> Outcome:
         """``handle`` for an alert whose episode ``settle_many`` found: from where it stopped."""
-        with logcontext.bind(
-            investigation_id=work.investigation_id,
-            fingerprint=work.alert.identity(),
-            tenant=work.tenant,
-        ):
+        with _about(work):
             return await self._after_settle(existing, work, source)
 
     async def _after_settle(

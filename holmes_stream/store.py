@@ -63,7 +63,7 @@ return false
 # record, its index entries, the resolution mark and the terminal event in one step, unless a
 # record already exists. ARGV[1]: a JSON array of outcomes (one argument for the whole batch:
 # packing hundreds of keys and arguments costs the client more than this costs Redis).
-# Returns per outcome {1, existing record} or {0, terminal event}.
+# Returns per outcome {1, existing record} or {0, the terminal event's seq}.
 _SETTLE_NEW = """
 local out = {}
 for n, o in ipairs(cjson.decode(ARGV[1])) do
@@ -84,7 +84,7 @@ for n, o in ipairs(cjson.decode(ARGV[1])) do
     redis.call('XADD', o.stream_key, 'MAXLEN', '~', o.max_len, seq .. '-0', 'e', event)
     redis.call('EXPIRE', o.stream_key, o.ttl)
     redis.call('EXPIRE', o.seq_key, o.ttl)
-    out[n] = {0, event}
+    out[n] = {0, seq}
   end
 end
 return out
@@ -137,9 +137,15 @@ _TERMINAL_STATUSES = "," + ",".join(str(s) for s in Status if s.terminal) + ","
 @dataclass(frozen=True)
 class Claim:
     record: InvestigationRecord  # as stored: the given one when created
-    created: bool
     leased: bool
     stop_reason: str | None
+
+
+def _numbered(draft: ProgressEvent, text: str, seq: int) -> ProgressEvent:
+    """The draft as a script stored it: the first '"seq":0' (the seq field) numbered."""
+    draft.seq = int(seq)
+    draft.set_json(text.replace('"seq":0', f'"seq":{draft.seq}', 1))
+    return draft
 
 
 class RecordStore:
@@ -222,7 +228,6 @@ class RecordStore:
         stored = record if existing is None else InvestigationRecord.model_validate_json(existing)
         return Claim(
             record=stored,
-            created=existing is None,
             leased=bool(leased),
             stop_reason=None if stop is None else stop.decode(),
         )
@@ -259,14 +264,11 @@ class RecordStore:
             )
         replies = await self._settle_new(args=[to_json(batch)])
         out: list[tuple[InvestigationRecord | None, ProgressEvent | None]] = []
-        for draft, (found, raw) in zip(drafts, replies, strict=True):
+        for draft, item, (found, reply) in zip(drafts, batch, replies, strict=True):
             if found:
-                out.append((InvestigationRecord.model_validate_json(raw), None))
+                out.append((InvestigationRecord.model_validate_json(reply), None))
             else:
-                text = raw.decode()
-                draft.seq = int(text.split('"seq":', 1)[1].split(",", 1)[0])
-                draft.set_json(text)
-                out.append((None, draft))
+                out.append((None, _numbered(draft, item["event"], reply)))
         return out
 
     async def get(self, investigation_id: str) -> InvestigationRecord | None:
@@ -398,11 +400,7 @@ class RecordStore:
             keys += [self._k("ev", i), self._k("evseq", i)]
             texts.append(draft.model_dump_json())
         seqs = await self._append_many(keys=keys, args=[self.events_max_len, self.ttl, *texts])
-        for draft, text, seq in zip(drafts, texts, seqs, strict=True):
-            # What the script stored: the first '"seq":0' (the seq field) numbered.
-            draft.seq = int(seq)
-            draft.set_json(text.replace('"seq":0', f'"seq":{draft.seq}', 1))
-        return list(drafts)
+        return [_numbered(d, t, s) for d, t, s in zip(drafts, texts, seqs, strict=True)]
 
     async def events_after(self, investigation_id: str, seq: int) -> list[ProgressEvent]:
         rows = await self.redis.xrange(self._k("ev", investigation_id), min=f"({seq}-0", max="+")
@@ -447,10 +445,6 @@ class RecordStore:
             self._set_conversation(pipe, investigation_id, conversation)
         pipe.get(self._k("resolved", investigation_id))
         raw = (await pipe.execute())[-1]
-        return None if raw is None else datetime.fromisoformat(raw.decode())
-
-    async def resolved_at(self, investigation_id: str) -> datetime | None:
-        raw = await self.redis.get(self._k("resolved", investigation_id))
         return None if raw is None else datetime.fromisoformat(raw.decode())
 
     async def request_stop(self, investigation_id: str, reason: str) -> None:

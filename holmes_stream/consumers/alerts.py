@@ -62,34 +62,27 @@ class Dispatcher:
 
     # -- intake ----------------------------------------------------------------------------
     async def dispatch_batch(self, records: Any, consumer: AIOKafkaConsumer) -> None:
-        started: list[tuple[Any, Any, list[AlertWork]]] = []
-        for record in records:
-            item = await self.dispatch(record, consumer, start=False)
-            if item is not None:
-                started.append(item)
+        taken = [item for record in records if (item := await self._take(record, consumer))]
         # Alerts that need no LLM (resolved, stale), of episodes met only once in this batch,
         # are settled together; the rest, each message on its own, as slots free up.
-        counts = collections.Counter(w.investigation_id for _, _, ws in started for w in ws)
-        quick, rest = [], []
-        for item in started:
-            record, _, works = item
+        counts = collections.Counter(w.investigation_id for _, _, ws in taken for w in ws)
+        quick: list[tuple[Any, Any, list[AlertWork], Source]] = []
+        for record, state, works in taken:
             source = _source(record)
             if works and all(
                 counts[w.investigation_id] == 1 and self.service.settles_without_run(w, source)
                 for w in works
             ):
-                quick.append(item)
+                quick.append((record, state, works, source))
             else:
-                rest.append(item)
+                self._start_or_hold(record, state, works)
         if quick:
             self._start_settling(quick)
-        for item in rest:
-            self._start_or_hold(*item)
 
-    async def dispatch(
-        self, record: Any, consumer: AIOKafkaConsumer, *, start: bool = True
+    async def _take(
+        self, record: Any, consumer: AIOKafkaConsumer
     ) -> tuple[Any, Any, list[AlertWork]] | None:
-        """Take one message: settled on the spot, or started (``start``) or returned."""
+        """Take one message: settled on the spot (None), or its alerts for the caller to start."""
         self.consumer = consumer
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_loop())
@@ -104,10 +97,7 @@ class Dispatcher:
             # Only re-sends of finished episodes: nothing to do, their outcome is durable.
             self.tracker.done(state, record.offset)
             return None
-        if not start:
-            return record, state, works
-        self._start_or_hold(record, state, works)
-        return None
+        return record, state, works
 
     def _start_or_hold(self, record: Any, state: Any, works: list[AlertWork]) -> None:
         if self._busy() >= self._limit:
@@ -136,7 +126,7 @@ class Dispatcher:
             self._start(*self._backlog.popleft())
         self._apply_backpressure()
 
-    def _start_settling(self, items: list[tuple[Any, Any, list[AlertWork]]]) -> None:
+    def _start_settling(self, items: list[tuple[Any, Any, list[AlertWork], Source]]) -> None:
         """One task settles the messages' alerts together, their known episodes included.
 
         It counts for half the in-flight limit until it ends: the next fetch is settled while
@@ -156,20 +146,19 @@ class Dispatcher:
                 log.warning("settling %d messages together failed: %s", len(items), t.exception())
                 # Each one on its own, retried as any message is; handling is idempotent.
                 self._backlog.extend(
-                    i for i in items if not self.tracker.is_done(i[1], i[0].offset)
+                    (record, state, works)
+                    for record, state, works, _ in items
+                    if not self.tracker.is_done(state, record.offset)
                 )
             self._fill_slots()
 
         task.add_done_callback(finished)
 
-    async def _settle(self, items: list[tuple[Any, Any, list[AlertWork]]]) -> None:
-        sources = [_source(record) for record, _, _ in items]
-        flat = [
-            (w, source) for (_, _, works), source in zip(items, sources, strict=True) for w in works
-        ]
+    async def _settle(self, items: list[tuple[Any, Any, list[AlertWork], Source]]) -> None:
+        flat = [(w, source) for _, _, works, source in items for w in works]
         found = iter(await self.service.settle_many(flat))
         known = []
-        for (record, state, works), source in zip(items, sources, strict=True):
+        for record, state, works, source in items:
             ours = [(w, e) for w in works if (e := next(found)) is not None]
             if ours:
                 known.append((record, state, source, ours))

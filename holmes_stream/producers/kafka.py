@@ -77,8 +77,6 @@ class KafkaProducers:
     def __init__(self, broker: KafkaBroker, settings: KafkaSettings) -> None:
         self.broker = broker
         self.settings = settings
-        self.results_topic = settings.results_topic
-        self.progress_topic = settings.progress_topic
         self.alerts = broker.publisher(
             settings.alerts_topic,
             title="alerts:publish",
@@ -118,34 +116,46 @@ class KafkaProducers:
         await asyncio.gather(*acks)
 
     async def _send_result(self, record: InvestigationRecord, *, confirm: bool) -> Any:
-        body = record.model_dump_json().encode()
-        key = record.id.encode()
-        headers = _headers(record.fingerprint, status=str(record.status))
-        # Our ids already correlate; FastStream would otherwise draw a random UUID each time.
-        correlation_id = f"{record.id}:{record.status}"
-        direct = None if confirm else self._direct()
-        if direct is not None:
-            return await direct.send(
-                self.results_topic, body, key=key, headers=_wire(correlation_id, headers)
-            )
-        return await self.results.publish(
-            body, key=key, headers=headers, correlation_id=correlation_id, no_confirm=not confirm
+        return await self._send(
+            self.results,
+            record.model_dump_json().encode(),
+            key=record.id.encode(),
+            headers=_headers(record.fingerprint, status=str(record.status)),
+            # Our ids already correlate; FastStream would otherwise draw a random UUID each time.
+            correlation_id=f"{record.id}:{record.status}",
+            confirm=confirm,
         )
 
     async def publish_progress(self, event: ProgressEvent, fingerprint: str) -> None:
         # Progress is advisory (Redis holds the authoritative copy), so it is not awaited.
-        body = event.json_text().encode()
-        key = event.investigation_id.encode()
-        headers = _headers(fingerprint, event=event.type)
-        correlation_id = f"{event.investigation_id}:{event.seq}"
-        direct = self._direct()
+        await self._send(
+            self.progress,
+            event.json_text().encode(),
+            key=event.investigation_id.encode(),
+            headers=_headers(fingerprint, event=event.type),
+            correlation_id=f"{event.investigation_id}:{event.seq}",
+            confirm=False,
+        )
+
+    async def _send(
+        self,
+        publisher: Any,
+        body: bytes,
+        *,
+        key: bytes,
+        headers: dict[str, str],
+        correlation_id: str,
+        confirm: bool,
+    ) -> Any:
+        """Publish; unconfirmed sends go straight to aiokafka when they can (``_direct``) and
+        return its delivery future, as FastStream's ``no_confirm`` publish does."""
+        direct = None if confirm else self._direct()
         if direct is not None:
-            await direct.send(
-                self.progress_topic, body, key=key, headers=_wire(correlation_id, headers)
+            return await direct.send(
+                publisher.topic, body, key=key, headers=_wire(correlation_id, headers)
             )
-            return
-        await self.progress.publish(
-            body, key=key, headers=headers, correlation_id=correlation_id, no_confirm=True
+        return await publisher.publish(
+            body, key=key, headers=headers, correlation_id=correlation_id, no_confirm=not confirm
         )
 
     def _direct(self) -> AIOKafkaProducer | None:

@@ -7,7 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # Alertmanager marks a still-firing alert with the zero time.
 _ZERO_TIME_YEAR = 1
@@ -17,7 +17,6 @@ class Alert(BaseModel):
     """One Alertmanager alert."""
 
     model_config = ConfigDict(extra="allow")
-    _episode: tuple[str, datetime, str] | None = PrivateAttr(default=None)
 
     status: Literal["firing", "resolved"] = "firing"
     labels: dict[str, str] = Field(min_length=1)
@@ -62,15 +61,9 @@ class Alert(BaseModel):
 
     def episode_key(self) -> str:
         """One firing episode: the alert's identity plus when it started firing."""
-        identity, starts_at = self.identity(), self.startsAt
-        # Asked several times per alert on its way through: remembered for what it was made of.
-        cached = self._episode
-        if cached is not None and cached[0] == identity and cached[1] == starts_at:
-            return cached[2]
-        started = starts_at.astimezone(UTC).isoformat(timespec="milliseconds")
-        key = hashlib.sha256(f"{identity}|{started}".encode()).hexdigest()[:32]
-        self._episode = (identity, starts_at, key)
-        return key
+        started = self.startsAt.astimezone(UTC).isoformat(timespec="milliseconds")
+        raw = f"{self.identity()}|{started}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 class AlertGroup(BaseModel):
