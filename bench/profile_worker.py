@@ -1,6 +1,6 @@
 """Development aid: profile one in-process worker's event-loop thread (cProfile).
 
-    python -m bench.profile_worker [--kind fresh|duplicates|stale] [--n 200]
+    python -m bench.profile_worker [--kind fresh|duplicates|stale] [--n 200] [--plain]
 
 Starts a private local stack, writes ``n`` alerts, runs the worker until the last offset is
 committed, prints the top functions by own time. Not part of the suite.
@@ -23,7 +23,13 @@ from bench.common import alert_json, cleanup, create_topics, make_settings, prod
 
 
 async def main(
-    kind: str, n: int, top: int, sort: str, callers: str = "", freeze: bool = False
+    kind: str,
+    n: int,
+    top: int,
+    sort: str,
+    callers: str = "",
+    freeze: bool = False,
+    plain: bool = False,
 ) -> None:
     from aiokafka import TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient
@@ -62,8 +68,9 @@ async def main(
         admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka.bootstrap_servers)
         await admin.start()
         prof = cProfile.Profile()
-        prof.enable()
-        t0 = time.perf_counter()
+        if not plain:
+            prof.enable()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         tp = TopicPartition(s.kafka.alerts_topic, 0)
         while True:
             got = await admin.list_consumer_group_offsets(s.kafka.group_id, partitions=[tp])
@@ -71,9 +78,12 @@ async def main(
                 break
             await asyncio.sleep(0.1)
         prof.disable()
-        print(f"{n} {kind} in {time.perf_counter() - t0:.2f}s, {gc_seconds[0]:.2f}s of it in gc")
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        print(f"{n} {kind} in {wall:.2f}s ({cpu:.2f}s CPU), {gc_seconds[0]:.2f}s of it in gc")
         await admin.close()
         await runtime.stop()
+        if plain:
+            return
         stats = pstats.Stats(prof).sort_stats(sort)
         stats.print_stats(top)
         if callers:
@@ -90,5 +100,6 @@ if __name__ == "__main__":
     p.add_argument("--sort", default="tottime")
     p.add_argument("--freeze", action="store_true", help="gc.freeze() once the worker is up")
     p.add_argument("--callers", default="", help="print the callers of functions matching this")
+    p.add_argument("--plain", action="store_true", help="no cProfile (to attach py-spy instead)")
     a = p.parse_args()
-    asyncio.run(main(a.kind, a.n, a.top, a.sort, a.callers, a.freeze))
+    asyncio.run(main(a.kind, a.n, a.top, a.sort, a.callers, a.freeze, a.plain))

@@ -32,8 +32,13 @@ class AlertWork:
     toolsets: list[str] | None = None
 
     @functools.cached_property
+    def episode_key(self) -> str:
+        return self.alert.episode_key()
+
+    @functools.cached_property
     def investigation_id(self) -> str:
-        return episode_id(self.alert, self.tenant)
+        """The id of the alert's firing episode: equal for every re-send of it."""
+        return f"{self.tenant}.{self.episode_key}" if self.tenant else self.episode_key
 
     def to_request(self) -> InvestigationRequest:
         return InvestigationRequest(
@@ -43,13 +48,6 @@ class AlertWork:
             toolsets=self.toolsets,
             tenant=self.tenant,
         )
-
-
-def episode_id(alert: Alert, tenant: str | None) -> str:
-    """The investigation id of an alert's firing episode: equal for every re-send of it."""
-    if tenant:
-        return f"{tenant}.{alert.episode_key()}"
-    return alert.episode_key()
 
 
 def parse_payload(payload: Any, tenant: str | None = None) -> list[AlertWork]:

@@ -275,16 +275,37 @@ class Redactor:
             return value
         return self._obj(value)
 
+    def keeps(self, fields: Mapping[str, str]) -> bool:
+        """Whether ``redact_obj`` leaves these fields as they are."""
+        return not self.enabled or self._obj(fields) == fields
+
     def _obj(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.redact_text(value)
         if isinstance(value, Mapping):
             if value.get("kind") == "Secret":
                 return self._secret_manifest(value)
-            return {k: self._field(k, v) for k, v in value.items()}
+            return self._mapping(value)
         if isinstance(value, list | tuple):
             return [self._obj(v) for v in value]
         return value
+
+    def _mapping(self, value: Mapping[Any, Any]) -> dict[Any, Any]:
+        """``_field`` of every item, with short strings (labels, annotations: most of what
+        alerts hold) handled inline: the same result without four calls per field."""
+        out: dict[Any, Any] = {}
+        secret_key, short = self._secret_key, self._short
+        for k, v in value.items():
+            if type(v) is str and len(v) <= _SHORT_TEXT and type(k) is str:
+                if not v:
+                    out[k] = v
+                elif secret_key(k) and not v.startswith("[REDACTED"):
+                    out[k] = mark("secret_field")
+                else:
+                    out[k] = short(v)
+            else:
+                out[k] = self._field(k, v)
+        return out
 
     def _field(self, key: Any, value: Any) -> Any:
         if isinstance(key, str) and self._secret_key(key):

@@ -46,7 +46,7 @@ from holmes_stream.schemas import (
     ProgressEvent,
     Status,
 )
-from holmes_stream.schemas.investigations import utcnow
+from holmes_stream.schemas.investigations import EventType, utcnow
 from holmes_stream.settings import WorkerSettings
 from holmes_stream.store import Claim, RecordStore
 
@@ -67,6 +67,7 @@ _LEASE_POLL_SECONDS = 0.25
 
 # Episodes this process has seen finished, kept to answer their re-sends without Redis.
 _SETTLED_CACHE_SIZE = 100_000
+_UNKNOWN_EPISODE_RESOLVED = "resolved: no firing investigation of this episode was known"
 
 
 class SettledEpisodes:
@@ -362,48 +363,65 @@ class InvestigationService:
         and events go to Kafka together. Per item: the episode's existing record, for ``handle``
         to take on, or None when the item is settled (skipped).
         """
-        outcomes: list[tuple[InvestigationRecord, str, dict[str, Any]]] = []
+        now = utcnow()
+        outcomes: list[tuple[InvestigationRecord, EventType, dict[str, Any]]] = []
         for work, source in items:
-            draft = self._new_record(work, source)
-            draft.status, draft.finished_at = Status.SKIPPED, utcnow()
-            if work.alert.status == "resolved":
-                draft.resolved_at = work.alert.endsAt or draft.finished_at
-                draft.reason = "resolved: no firing investigation of this episode was known"
+            alert = work.alert
+            reason: str | None
+            if alert.status == "resolved":
+                resolved_at, reason = alert.endsAt or now, _UNKNOWN_EPISODE_RESOLVED
             else:
-                draft.reason = self._staleness(work, source)
-            # Our own words and timestamps: nothing in it to redact.
-            outcomes.append(
-                (draft, str(draft.status), {"status": draft.status, "reason": draft.reason})
+                resolved_at, reason = None, self._staleness(work, source, now)
+            record = self._new_record(
+                work,
+                source,
+                status=Status.SKIPPED,
+                reason=reason,
+                created_at=now,
+                finished_at=now,
+                resolved_at=resolved_at,
             )
+            # Our own words and timestamps: nothing in it to redact.
+            outcomes.append((record, "skipped", {"status": Status.SKIPPED, "reason": reason}))
         replies = await self.store.settle_many(outcomes)
         settled = [
-            (draft, event)
-            for (draft, _, _), (_, event) in zip(outcomes, replies, strict=True)
-            if event is not None
+            (record, settled.record_json, settled.event)
+            for (record, _, _), settled in zip(outcomes, replies, strict=True)
+            if settled.event is not None
         ]
         if settled:
             await self._durably(lambda: self.producers.publish_outcomes(settled))
             metrics.ALERTS_PROCESSED.labels(Outcome.SKIPPED).inc(len(settled))
             ttl_ms = self.store.ttl * 1000
-            for draft, _ in settled:
-                self.settled.remember(draft.id, ttl_ms, ttl_ms if draft.resolved_at else None)
-        return [existing for existing, _ in replies]
+            for record, _, _ in settled:
+                self.settled.remember(record.id, ttl_ms, ttl_ms if record.resolved_at else None)
+        return [settled.existing for settled in replies]
 
     async def _duplicate(self, record: InvestigationRecord) -> Outcome:
         metrics.DEDUP_HITS.labels("kafka").inc()
         await self._remember_settled(record.id, resolved=False)
         return Outcome.DUPLICATE
 
-    def _new_record(self, work: AlertWork, source: Source) -> InvestigationRecord:
-        return InvestigationRecord(
+    def _new_record(
+        self, work: AlertWork, source: Source, status: Status = Status.QUEUED, **fields: Any
+    ) -> InvestigationRecord:
+        # Every part is validated already (the alert, our own values): built without a second
+        # validation, which costs as much as the rest of settling an alert that needs no LLM.
+        # Fields with a default factory are given: model_construct inspects each factory's
+        # signature on every call.
+        if "created_at" not in fields:
+            fields["created_at"] = utcnow()
+        return InvestigationRecord.model_construct(
+            enrichment={},
             id=work.investigation_id,
-            episode_key=work.alert.episode_key(),
+            episode_key=work.episode_key,
             fingerprint=work.alert.identity(),
             tenant=work.tenant,
-            status=Status.QUEUED,
+            status=status,
             alert=self._redacted(work.alert),
             question=work.question,
             source=source.describe(),
+            **fields,
         )
 
     def _redacted(self, alert: Alert) -> Alert:
@@ -411,14 +429,23 @@ class InvestigationService:
         redactor = self.extras.redactor
         if redactor is None:
             return alert
+        # Most alerts hold no secret: then the alert itself is what may be stored and shown.
+        # Its text fields tell (timestamps are validated datetimes, no place for a secret).
+        texts = {"status": alert.status, "generatorURL": alert.generatorURL or ""}
+        texts["fingerprint"] = alert.fingerprint or ""
+        if not alert.model_extra and all(
+            redactor.keeps(part) for part in (alert.labels, alert.annotations, texts)
+        ):
+            return alert
         plain = alert.model_dump(mode="json")
         redacted = redactor.redact_obj(plain)
-        # Most alerts hold no secret: then the alert itself is what may be stored and shown.
         return alert if redacted == plain else Alert.model_validate(redacted)
 
-    def _staleness(self, work: AlertWork, source: Source) -> str | None:
+    def _staleness(
+        self, work: AlertWork, source: Source, now: datetime | None = None
+    ) -> str | None:
         window = timedelta(seconds=self.settings.stale_after_seconds)
-        now = utcnow()
+        now = now or utcnow()
         if work.alert.startsAt < now - window:
             return f"stale: started firing at {work.alert.startsAt.isoformat()}, before the window"
         if source.timestamp_ms is not None:

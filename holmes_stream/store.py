@@ -18,12 +18,13 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from pydantic_core import to_json
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from holmes_stream.schemas import InvestigationRecord, ProgressEvent, Status
+from holmes_stream.schemas.investigations import EventType, utcnow
 from holmes_stream.settings import RedisSettings
 
 # Sequence number and stream entry are written together so that a reader resuming from
@@ -141,6 +142,15 @@ class Claim:
     stop_reason: str | None
 
 
+class Settlement(NamedTuple):
+    """What ``settle_many`` did with one outcome: the record it found, or the event it stored."""
+
+    existing: InvestigationRecord | None
+    event: ProgressEvent | None
+    # The outcome's record as stored (when ``event`` is not None): sent as it is.
+    record_json: str
+
+
 def _numbered(draft: ProgressEvent, text: str, seq: int) -> ProgressEvent:
     """The draft as a script stored it: the first '"seq":0' (the seq field) numbered."""
     draft.seq = int(seq)
@@ -233,18 +243,20 @@ class RecordStore:
         )
 
     async def settle_many(
-        self, outcomes: Sequence[tuple[InvestigationRecord, str, dict[str, Any]]]
-    ) -> list[tuple[InvestigationRecord | None, ProgressEvent | None]]:
+        self, outcomes: Sequence[tuple[InvestigationRecord, EventType, dict[str, Any]]]
+    ) -> list[Settlement]:
         """Store terminal records, each with its terminal event, unless a record exists.
 
-        ``outcomes``: (record, event type, event payload). One round trip for all of them; per
-        outcome ``(existing, None)`` when its id had a record, else ``(None, the event)``.
+        ``outcomes``: (record, event type, event payload). One round trip for all of them.
         """
         drafts: list[ProgressEvent] = []
         batch: list[dict[str, Any]] = []
         for record, event_type, payload in outcomes:
             i = record.id
-            draft = ProgressEvent(investigation_id=i, seq=0, type=event_type, payload=payload)
+            # Our own values: no validation needed (``at`` given: see service._new_record).
+            draft = ProgressEvent.model_construct(
+                investigation_id=i, seq=0, type=event_type, payload=payload, at=utcnow()
+            )
             drafts.append(draft)
             batch.append(
                 {
@@ -263,12 +275,13 @@ class RecordStore:
                 }
             )
         replies = await self._settle_new(args=[to_json(batch)])
-        out: list[tuple[InvestigationRecord | None, ProgressEvent | None]] = []
+        out: list[Settlement] = []
         for draft, item, (found, reply) in zip(drafts, batch, replies, strict=True):
             if found:
-                out.append((InvestigationRecord.model_validate_json(reply), None))
+                existing = InvestigationRecord.model_validate_json(reply)
+                out.append(Settlement(existing, None, item["record"]))
             else:
-                out.append((None, _numbered(draft, item["event"], reply)))
+                out.append(Settlement(None, _numbered(draft, item["event"], reply), item["record"]))
         return out
 
     async def get(self, investigation_id: str) -> InvestigationRecord | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from holmes_stream.producers.kafka import KafkaProducers, make_broker
-from holmes_stream.schemas import ProgressEvent
+from holmes_stream.schemas import Alert, InvestigationRecord, ProgressEvent, Status
 from tests.conftest import collect, make_settings
 
 
@@ -38,3 +38,56 @@ async def test_direct_sends_write_what_faststream_writes(stack: Any, uid: str) -
     assert (ours.key, ours.value) == (theirs.key, theirs.value)
     assert list(ours.headers) == list(theirs.headers)
     assert dict(ours.headers)["correlation_id"] == f"inv-{uid}:3".encode()
+
+
+async def test_batched_outcomes_land_as_single_sends_would(stack: Any, uid: str) -> None:
+    """Outcomes settled together go out as record batches: each record and event on the
+    partition aiokafka's partitioner picks for its key, with the bytes FastStream writes."""
+    settings = make_settings(stack, uid)
+    broker = make_broker(settings.kafka)
+    producers = KafkaProducers(broker, settings.kafka)
+    await broker.connect()
+    n = 40
+    settled = []
+    for i in range(n):
+        alert = Alert.model_validate(
+            {
+                "labels": {"alertname": "A"},
+                "startsAt": "2026-01-01T00:00:00Z",
+                "fingerprint": f"f{i}",
+            }
+        )
+        record = InvestigationRecord(
+            id=f"inv-{uid}-{i}",
+            episode_key="e",
+            fingerprint=f"f{i}",
+            status=Status.SKIPPED,
+            alert=alert,
+        )
+        event = ProgressEvent(investigation_id=record.id, seq=1, type="skipped", payload={"i": i})
+        settled.append((record, record.model_dump_json(), event))
+    try:
+        aiokafka_producer = producers._direct()
+        assert aiokafka_producer is not None
+        await producers.publish_outcomes(settled)  # as record batches
+        producers._direct = lambda: None  # type: ignore[method-assign]
+        await producers.publish_outcomes(settled)  # one FastStream publish each
+        await aiokafka_producer.flush()
+    finally:
+        await broker.stop()
+    for topic in (settings.kafka.results_topic, settings.kafka.progress_topic):
+        got = await collect(
+            settings.kafka.bootstrap_servers, topic, lambda m: len(m) >= 2 * n, decode=False
+        )
+        assert len(got) == 2 * n
+        by_key: dict[bytes, list[Any]] = {}
+        for message in got:
+            by_key.setdefault(message.key, []).append(message)
+        assert len(by_key) == n
+        partitions = set()
+        for batched, single in by_key.values():
+            partitions.add(single.partition)
+            assert batched.partition == single.partition
+            assert batched.value == single.value
+            assert list(batched.headers) == list(single.headers)
+        assert len(partitions) > 1  # the keys spread: the partitioning was really compared

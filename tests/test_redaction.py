@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -236,3 +236,32 @@ def test_log_filter_redacts_message_args_extras_and_traceback() -> None:
     assert OPENAI not in formatted
     assert "RuntimeError: auth failed with token=[REDACTED:" in json.loads(formatted)["exception"]
     assert OPENAI not in logging.Formatter().format(second)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        {"labels": {"alertname": "A", "db_password": "hunter2hunter2"}},
+        {"annotations": {"summary": "login with token=abcdef0123456789"}},
+        {"generatorURL": "http://admin:s3cretpass@prom:9090/graph"},
+        {"fingerprint": "AKIAABCDEFGHIJKLMNOP"},
+        {"runbook": "curl -H 'Authorization: Bearer abcdefghijklmnop'"},  # an extra field
+    ],
+)
+def test_alerts_are_stored_redacted_wherever_the_secret_is(planted: dict[str, Any]) -> None:
+    from holmes_stream.schemas import Alert
+    from holmes_stream.service import Extras, InvestigationService
+    from holmes_stream.settings import WorkerSettings
+
+    service = InvestigationService(
+        cast(Any, None), cast(Any, None), WorkerSettings(), extras=Extras(redactor=Redactor())
+    )
+    plain = {"labels": {"alertname": "A"}, "startsAt": "2026-01-01T00:00:00Z"}
+    clean = Alert.model_validate(plain)
+    assert service._redacted(clean) is clean  # nothing to redact: the alert itself
+    alert = Alert.model_validate(plain | planted)
+    stored = service._redacted(alert).model_dump_json()
+    assert "[REDACTED" in stored
+    for secret in ("hunter2hunter2", "abcdef0123456789", "s3cretpass", "AKIAABCDEFGHIJKLMNOP"):
+        assert secret not in stored
+    assert "abcdefghijklmnop'" not in stored

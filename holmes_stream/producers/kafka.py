@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
 from faststream.kafka import KafkaBroker
 
 from holmes_stream.schemas import SCHEMA_VERSION, InvestigationRecord, ProgressEvent
@@ -60,6 +62,61 @@ def _headers(fingerprint: str | None = None, **extra: str) -> dict[str, str]:
     return headers
 
 
+def _result_headers(record: InvestigationRecord) -> dict[str, str]:
+    return _headers(record.fingerprint, status=str(record.status))
+
+
+def _result_correlation(record: InvestigationRecord) -> str:
+    # Our ids already correlate; FastStream would otherwise draw a random UUID each time.
+    return f"{record.id}:{record.status}"
+
+
+def _event_correlation(event: ProgressEvent) -> str:
+    return f"{event.investigation_id}:{event.seq}"
+
+
+class _Batches:
+    """Messages appended to aiokafka record batches, one per partition (more when one fills),
+    partitioned as aiokafka's default partitioner does: a message costs an append, not a send.
+    For sends by the hundred (outcomes settled together)."""
+
+    def __init__(self, producer: AIOKafkaProducer, partitions: dict[str, list[int]]) -> None:
+        self._producer = producer
+        self._partitions = partitions
+        self._open: dict[tuple[str, int], Any] = {}
+        self._full: list[tuple[str, int, Any]] = []
+
+    @classmethod
+    async def for_topics(cls, producer: AIOKafkaProducer, topics: Iterable[str]) -> _Batches:
+        # The default partitioner's list: the topic's partitions in order.
+        return cls(producer, {t: sorted(await producer.partitions_for(t)) for t in topics})
+
+    def add(
+        self, topic: str, slot: int, key: bytes, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        """``slot``: the key's murmur2 hash, masked to 31 bits, as the partitioner takes it."""
+        partitions = self._partitions[topic]
+        tp = (topic, partitions[slot % len(partitions)])
+        batch = self._open.get(tp)
+        if batch is None:
+            batch = self._open[tp] = self._producer.create_batch()
+        if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            self._full.append((*tp, batch))  # full: closed by append
+            batch = self._open[tp] = self._producer.create_batch()
+            batch.append(timestamp=None, key=key, value=value, headers=headers)
+
+    async def send(self) -> dict[str, list[asyncio.Future[Any]]]:
+        """Queue every batch (a partition's in order); per topic, their delivery futures."""
+        every = [*self._full, *((topic, p, b) for (topic, p), b in self._open.items())]
+        futures = await asyncio.gather(
+            *(self._producer.send_batch(b, topic, partition=p) for topic, p, b in every)
+        )
+        sent: dict[str, list[asyncio.Future[Any]]] = {topic: [] for topic in self._partitions}
+        for (topic, _, _), future in zip(every, futures, strict=True):
+            sent[topic].append(future)
+        return sent
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     value: bytes | None
@@ -106,23 +163,49 @@ class KafkaProducers:
         await self._send_result(record, confirm=True)
 
     async def publish_outcomes(
-        self, settled: list[tuple[InvestigationRecord, ProgressEvent]]
+        self, settled: Sequence[tuple[InvestigationRecord, str, ProgressEvent]]
     ) -> None:
-        """Results with their terminal events, sent together; returns once Kafka has the results."""
-        acks = []
-        for record, event in settled:
-            acks.append(await self._send_result(record, confirm=False))
-            await self.publish_progress(event, record.fingerprint)
-        await asyncio.gather(*acks)
+        """Records (each with its JSON as stored) and their terminal events, sent together;
+        returns once Kafka has the records."""
+        direct = self._direct()
+        if direct is None:
+            acks = []
+            for record, text, event in settled:
+                acks.append(await self._send_result(record, text, confirm=False))
+                await self.publish_progress(event, record.fingerprint)
+            await asyncio.gather(*acks)
+            return
+        results, progress = self.results.topic, self.progress.topic
+        batches = await _Batches.for_topics(direct, (results, progress))
+        for record, text, event in settled:
+            key = record.id.encode()
+            slot = murmur2(key) & 0x7FFFFFFF  # once for both topics
+            batches.add(
+                results,
+                slot,
+                key,
+                text.encode(),
+                _wire(_result_correlation(record), _result_headers(record)),
+            )
+            batches.add(
+                progress,
+                slot,
+                key,
+                event.json_text().encode(),
+                _wire(_event_correlation(event), _headers(record.fingerprint, event=event.type)),
+            )
+        sent = await batches.send()
+        await asyncio.gather(*sent[results])
 
-    async def _send_result(self, record: InvestigationRecord, *, confirm: bool) -> Any:
+    async def _send_result(
+        self, record: InvestigationRecord, text: str | None = None, *, confirm: bool
+    ) -> Any:
         return await self._send(
             self.results,
-            record.model_dump_json().encode(),
+            (text or record.model_dump_json()).encode(),
             key=record.id.encode(),
-            headers=_headers(record.fingerprint, status=str(record.status)),
-            # Our ids already correlate; FastStream would otherwise draw a random UUID each time.
-            correlation_id=f"{record.id}:{record.status}",
+            headers=_result_headers(record),
+            correlation_id=_result_correlation(record),
             confirm=confirm,
         )
 
@@ -133,7 +216,7 @@ class KafkaProducers:
             event.json_text().encode(),
             key=event.investigation_id.encode(),
             headers=_headers(fingerprint, event=event.type),
-            correlation_id=f"{event.investigation_id}:{event.seq}",
+            correlation_id=_event_correlation(event),
             confirm=False,
         )
 
