@@ -52,6 +52,10 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[Any]] = set()
         # What batch-settling tasks weigh against the in-flight limit (see _start_settling).
         self._settling = 0
+        # Episodes in those tasks, and messages of them fetched meanwhile: these wait for the
+        # task, after which their episode is mostly known here (no I/O, no second settling).
+        self._settling_ids: collections.Counter[str] = collections.Counter()
+        self._held: list[tuple[Any, Any, list[AlertWork], Source]] = []
         # Fetched beyond the in-flight limit (a batch can hold more): started as slots free up.
         self._backlog: collections.deque[tuple[Any, Any, list[AlertWork]]] = collections.deque()
         self._closing = asyncio.Event()
@@ -78,8 +82,21 @@ class Dispatcher:
                 quick.append((record, state, works, source))
             else:
                 self._start_or_hold(record, state, works)
-        if quick:
-            self._start_settling(quick)
+        self._settle_or_hold(quick)
+
+    def _settle_or_hold(self, quick: list[tuple[Any, Any, list[AlertWork], Source]]) -> None:
+        """Settle these together, but hold those of an episode a settling task has in hand."""
+        ready = []
+        for item in quick:
+            record, state, works, _ = item
+            if any(w.investigation_id in self._settling_ids for w in works):
+                self._held.append(item)
+            elif all(self.service.settled_outcome(w) is not None for w in works):
+                self.tracker.done(state, record.offset)  # known by now: nothing to do
+            else:
+                ready.append(item)
+        if ready:
+            self._start_settling(ready)
 
     async def _take(
         self, record: Any, consumer: AIOKafkaConsumer
@@ -130,21 +147,26 @@ class Dispatcher:
     def _start_settling(self, items: list[tuple[Any, Any, list[AlertWork], Source]]) -> None:
         """One task settles the messages' alerts together, their known episodes included.
 
-        It counts for a quarter of the in-flight limit until it ends: up to four fetches are
-        settled at once, each one's computing overlapping the others' waits for Redis and
-        Kafka (a pause of the fetching costs tens of milliseconds before the next fetch
-        arrives), and fetching pauses beyond that, so a re-send of an episode in these messages
-        is mostly fetched once it is settled (no I/O then).
+        It counts for half the in-flight limit until it ends: the next fetch is settled while
+        this one waits for Redis and Kafka, and fetching pauses beyond that (deeper measured
+        no faster). Messages of its episodes fetched meanwhile wait for it (``_held``).
         """
-        weight = max(1, self._limit // 4)
+        weight = max(1, self._limit // 2)
+        ids = [w.investigation_id for _, _, works, _ in items for w in works]
         task = asyncio.create_task(self._settle(items))
         self._tasks.add(task)
         self._settling += weight
+        self._settling_ids.update(ids)
         self._apply_backpressure()
 
         def finished(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
             self._settling -= weight
+            for i in ids:
+                if self._settling_ids[i] > 1:
+                    self._settling_ids[i] -= 1
+                else:
+                    del self._settling_ids[i]
             if not t.cancelled() and t.exception() is not None:
                 log.warning("settling %d messages together failed: %s", len(items), t.exception())
                 # Each one on its own, retried as any message is; handling is idempotent.
@@ -153,6 +175,9 @@ class Dispatcher:
                     for record, state, works, _ in items
                     if not self.tracker.is_done(state, record.offset)
                 )
+            if not self._closing.is_set():  # else held messages stay uncommitted: redelivered
+                held, self._held = self._held, []
+                self._settle_or_hold(held)
             self._fill_slots()
 
         task.add_done_callback(finished)
@@ -317,12 +342,13 @@ class Dispatcher:
             await self.commit(only=revoked)
         except Exception as exc:
             log.warning("commit on revoke failed: %s", exc)
+
         # Not started yet and no longer ours: the partition's next owner gets them.
-        self._backlog = collections.deque(
-            item
-            for item in self._backlog
-            if TopicPartition(item[0].topic, item[0].partition) not in revoked
-        )
+        def ours(record: Any) -> bool:
+            return TopicPartition(record.topic, record.partition) not in revoked
+
+        self._backlog = collections.deque(item for item in self._backlog if ours(item[0]))
+        self._held = [item for item in self._held if ours(item[0])]
         self.tracker.forget(revoked)
 
     # -- shutdown --------------------------------------------------------------------------

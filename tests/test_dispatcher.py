@@ -1,0 +1,95 @@
+"""The dispatcher's own decisions, with the service's replies scripted (no I/O involved)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiokafka import TopicPartition
+
+from holmes_stream.consumers.alerts import Dispatcher
+from holmes_stream.intake import AlertWork
+from holmes_stream.service import Outcome, SettledEpisodes, Source
+from holmes_stream.settings import Settings
+
+
+class _Record:
+    def __init__(self, offset: int, alert: dict[str, Any]) -> None:
+        self.topic, self.partition, self.offset, self.timestamp = "alerts", 0, offset, None
+        self.key, self.value = None, json.dumps(alert).encode()
+
+
+class _Consumer:
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition("alerts", 0)}
+
+    def pause(self, *_: Any) -> None: ...
+
+    def resume(self, *_: Any) -> None: ...
+
+
+class _Service:
+    """Settles every alert it is given once ``release`` is set; remembers what it settled."""
+
+    def __init__(self) -> None:
+        self.store = None
+        self.settings = Settings().worker
+        self.settled = SettledEpisodes()
+        self.release = asyncio.Event()
+        self.settle_calls: list[list[str]] = []
+        self.stopping = False
+
+    def settled_outcome(self, work: AlertWork, *, count: bool = True) -> Outcome | None:
+        known = self.settled.lookup(work.investigation_id, resolved=True)
+        return Outcome.RESOLVED_NOTED if known else None
+
+    def settles_without_run(self, work: AlertWork, source: Source) -> bool:
+        return True
+
+    async def settle_many(self, items: list[tuple[AlertWork, Source]]) -> list[None]:
+        self.settle_calls.append([w.investigation_id for w, _ in items])
+        await self.release.wait()
+        for work, _ in items:
+            self.settled.remember(work.investigation_id, 60_000, 60_000)
+        return [None] * len(items)
+
+
+def _resolved(fingerprint: str) -> dict[str, Any]:
+    return {
+        "status": "resolved",
+        "labels": {"alertname": "A"},
+        "startsAt": "2026-01-01T00:00:00Z",
+        "endsAt": "2026-01-01T01:00:00Z",
+        "fingerprint": fingerprint,
+    }
+
+
+async def test_messages_of_an_episode_being_settled_wait_for_it() -> None:
+    service = _Service()
+    dispatcher = Dispatcher(service, Settings())  # type: ignore[arg-type]
+    consumer: Any = _Consumer()
+    try:
+        await dispatcher.dispatch_batch(
+            [_Record(0, _resolved("x")), _Record(1, _resolved("y"))], consumer
+        )
+        # The next fetch holds a re-send of x while x is being settled, and settles z.
+        await dispatcher.dispatch_batch(
+            [_Record(2, _resolved("x")), _Record(3, _resolved("z"))], consumer
+        )
+        await asyncio.sleep(0)
+        assert len(service.settle_calls) == 2
+        assert len(service.settle_calls[1]) == 1  # z only
+        tp = TopicPartition("alerts", 0)
+        assert dispatcher.tracker.commit_point(tp) == 0
+        service.release.set()
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if dispatcher.tracker.commit_point(tp) == 4:
+                break
+        # Every offset done, and x was settled once: its re-send was known when it was looked at.
+        assert dispatcher.tracker.commit_point(tp) == 4
+        assert len(service.settle_calls) == 2
+    finally:
+        if dispatcher._committer is not None:
+            dispatcher._committer.cancel()
