@@ -121,6 +121,16 @@ class Outcome(StrEnum):
     RESOLVED_NOTED = "resolved_noted"
 
 
+def _terminal_event(record: InvestigationRecord) -> tuple[str, dict[str, Any]]:
+    """The event that tells followers a record reached its outcome."""
+    payload: dict[str, Any] = {"status": record.status}
+    if record.reason:
+        payload["reason"] = record.reason
+    if record.error:
+        payload["error"] = record.error
+    return ("failed" if record.status is Status.DEAD_LETTERED else str(record.status)), payload
+
+
 _STATUS_OUTCOME = {
     Status.COMPLETED: Outcome.COMPLETED,
     Status.FAILED: Outcome.FAILED,
@@ -454,6 +464,28 @@ class InvestigationService:
                 return f"stale: reached Kafka at {produced.isoformat()}, before the window"
         return None
 
+    async def note_resolutions(
+        self, items: Sequence[tuple[InvestigationRecord, AlertWork]]
+    ) -> None:
+        """``_on_resolved`` of resolved alerts of finished episodes, together: one round trip
+        notes them, and the records that gain a resolution are published together."""
+        now = utcnow()
+        marks = await self.store.mark_resolved_many(
+            [(stored.id, work.alert.endsAt or now) for stored, work in items]
+        )
+        changed = []
+        ttl_ms = self.store.ttl * 1000
+        for (stored, _), (resolved_at, record_ms, resolved_ms) in zip(items, marks, strict=True):
+            if stored.resolved_at is None:
+                stored.resolved_at = resolved_at
+                changed.append((stored, resolved_ms))
+            else:
+                self.settled.remember(stored.id, record_ms, resolved_ms)
+        if changed:
+            await self._durably(lambda: self._publish_outcomes([r for r, _ in changed]))
+            for stored, resolved_ms in changed:  # put: the record's key lives a full TTL again
+                self.settled.remember(stored.id, ttl_ms, resolved_ms)
+
     async def _on_resolved(self, stored: InvestigationRecord, work: AlertWork) -> Outcome:
         """A resolved alert of a known episode: noted on its record, its run asked to stop."""
         at = work.alert.endsAt or utcnow()
@@ -720,13 +752,15 @@ class InvestigationService:
         await self.store.put(record, release_lease_of=self._leases.get(record.id))
         self._leases.pop(record.id, None)
         await self.producers.publish_result(record)
-        payload: dict[str, Any] = {"status": record.status}
-        if record.reason:
-            payload["reason"] = record.reason
-        if record.error:
-            payload["error"] = record.error
-        event_type = "failed" if record.status is Status.DEAD_LETTERED else str(record.status)
-        await self.emit(record, event_type, payload)
+        await self.emit(record, *_terminal_event(record))
+
+    async def _publish_outcomes(self, records: Sequence[InvestigationRecord]) -> None:
+        """``_publish_outcome`` of records no lease of ours covers, together."""
+        texts = await self.store.put_many(records)
+        await self.producers.publish_outcomes(
+            [(record, text, None) for record, text in zip(records, texts, strict=True)]
+        )
+        await asyncio.gather(*(self.write_event(r, *_terminal_event(r)) for r in records))
 
     async def emit(
         self,

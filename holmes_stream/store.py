@@ -449,6 +449,35 @@ class RecordStore:
         _, raw = await pipe.execute()
         return at if raw is None else datetime.fromisoformat(raw.decode())
 
+    async def mark_resolved_many(
+        self, marks: Sequence[tuple[str, datetime]]
+    ) -> list[tuple[datetime, int, int]]:
+        """``mark_resolved`` of many episodes in one round trip; for each, also the expiries of
+        its record and of its mark (``expiries``)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for investigation_id, at in marks:
+            key = self._k("resolved", investigation_id)
+            pipe.set(key, at.isoformat(), nx=True, ex=self.ttl)
+            pipe.get(key)
+            pipe.pttl(self._k("inv", investigation_id))
+            pipe.pttl(key)
+        replies = await pipe.execute()
+        out = []
+        for n, (_, at) in enumerate(marks):
+            raw, record_ms, resolved_ms = replies[4 * n + 1 : 4 * n + 4]
+            first = at if raw is None else datetime.fromisoformat(raw.decode())
+            out.append((first, int(record_ms), int(resolved_ms)))
+        return out
+
+    async def put_many(self, records: Sequence[InvestigationRecord]) -> list[str]:
+        """Store records (none leased) in one round trip; returns their JSON as stored."""
+        texts = [record.model_dump_json() for record in records]
+        pipe = self.redis.pipeline(transaction=False)
+        for record, text in zip(records, texts, strict=True):
+            pipe.set(self._k("inv", record.id), text, ex=self.ttl)
+        await pipe.execute()
+        return texts
+
     async def prepare_outcome(
         self, investigation_id: str, conversation: list[dict[str, Any]] | None
     ) -> datetime | None:

@@ -266,36 +266,42 @@ async def test_alerts_needing_no_llm_are_settled_in_batches_each_with_its_result
     orphans = [
         firing_alert(f"{uid}-o", i) | {"status": "resolved", "endsAt": now} for i in range(150)
     ]
-    # An episode finished before the worker started: its resolution is noted on its record.
-    known = firing_alert(f"{uid}-k", 0)
-    [work] = decode_message(json.dumps(known).encode(), 1 << 20)
-    finished = InvestigationRecord(
-        id=work.investigation_id,
-        episode_key=work.alert.episode_key(),
-        fingerprint=work.alert.identity(),
-        status=Status.COMPLETED,
-        alert=work.alert,
-    )
+    # Episodes finished before the worker started: their resolution is noted on their records,
+    # which are published again; one already noted resolved is left as it is.
+    known = [firing_alert(f"{uid}-k", i) for i in range(3)]
     redis = Redis.from_url(settings.redis.url)
-    await RecordStore(redis, settings.redis.key_prefix).create(finished)
+    finished = []
+    for i, alert in enumerate(known):
+        [work] = decode_message(json.dumps(alert).encode(), 1 << 20)
+        record = InvestigationRecord(
+            id=work.investigation_id,
+            episode_key=work.alert.episode_key(),
+            fingerprint=work.alert.identity(),
+            status=Status.COMPLETED,
+            alert=work.alert,
+            resolved_at=datetime.now(UTC) if i == 2 else None,
+        )
+        await RecordStore(redis, settings.redis.key_prefix).create(record)
+        finished.append(record)
     await redis.aclose()
-    known_resolved = known | {"status": "resolved", "endsAt": now}
+    known_resolved = [alert | {"status": "resolved", "endsAt": now} for alert in known]
     # Fired and resolved in the same batch: both go the usual way, not the batch.
     twice = firing_alert(f"{uid}-t", 0)
-    payloads = [*stale, known_resolved, *orphans, twice, twice | {"status": "resolved"}]
+    payloads = [*stale, *known_resolved, *orphans, twice, twice | {"status": "resolved"}]
     await send(producer, settings.kafka.alerts_topic, payloads)
 
     await start_worker(settings)
     assert await _wait_consumed(settings) == len(payloads)
     records = {r.fingerprint: r for r in await all_records(settings)}
-    assert len(records) == 150 + 150 + 2
+    assert len(records) == 150 + 150 + 3 + 1
     for alert in stale:
         assert (records[alert["fingerprint"]].reason or "").startswith("stale")
     for alert in orphans:
         record = records[alert["fingerprint"]]
         assert record.status == "skipped" and record.resolved_at is not None
-    assert records[known["fingerprint"]].status == "completed"
-    assert records[known["fingerprint"]].resolved_at is not None
+    for alert in known:
+        assert records[alert["fingerprint"]].status == "completed"
+        assert records[alert["fingerprint"]].resolved_at is not None
     # Whichever of the two reached Redis first (they run side by side, as two messages of one
     # episode always have), the episode ends with its resolution noted.
     assert records[twice["fingerprint"]].status.terminal
@@ -308,13 +314,16 @@ async def test_alerts_needing_no_llm_are_settled_in_batches_each_with_its_result
         lambda got: skipped_ids <= {m["id"] for m in got},
     )
     assert skipped_ids <= {m["id"] for m in results}
-    assert any(m["id"] == finished.id and m["resolved_at"] for m in results)
+    republished = {finished[0].id, finished[1].id}
+    assert republished <= {m["id"] for m in results if m["resolved_at"]}
+    assert finished[2].id not in {m["id"] for m in results}
     events = await collect(
         settings.kafka.bootstrap_servers,
         settings.kafka.progress_topic,
-        lambda got: skipped_ids <= {m["investigation_id"] for m in got},
+        lambda got: skipped_ids | republished <= {m["investigation_id"] for m in got},
     )
     assert skipped_ids <= {e["investigation_id"] for e in events if e["type"] == "skipped"}
+    assert republished <= {e["investigation_id"] for e in events if e["type"] == "completed"}
 
 
 async def test_two_workers_share_partitions_and_a_stopped_one_hands_over(

@@ -204,7 +204,25 @@ class Dispatcher:
                 await self._process(record, [w for w, _ in ours])
             self.tracker.done(state, record.offset)
 
-        await asyncio.gather(*(finish(*item) for item in known))
+        def resolving(ours: list[tuple[AlertWork, Any]]) -> bool:
+            return all(w.alert.status == "resolved" and e.status.terminal for w, e in ours)
+
+        async def note(items: list[tuple[Any, Any, Source, list[tuple[AlertWork, Any]]]]) -> None:
+            # Resolutions of finished episodes (re-sends of a resolved alert, mostly): together.
+            if not items:
+                return
+            try:
+                await self.service.note_resolutions([(e, w) for *_, ours in items for w, e in ours])
+            except Exception as exc:
+                log.warning("noting %d resolutions together failed: %s", len(items), exc)
+                await asyncio.gather(*(finish(*item) for item in items))
+                return
+            for record, state, _, _ in items:
+                self.tracker.done(state, record.offset)
+
+        resolutions = [item for item in known if resolving(item[3])]
+        others = [item for item in known if not resolving(item[3])]
+        await asyncio.gather(note(resolutions), *(finish(*item) for item in others))
 
     def _decode_settled(self, record: Any) -> list[AlertWork] | None:
         """The message's alerts, or ``None`` when ``settled_outcome`` knows all their outcomes.

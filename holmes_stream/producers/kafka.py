@@ -163,16 +163,17 @@ class KafkaProducers:
         await self._send_result(record, confirm=True)
 
     async def publish_outcomes(
-        self, settled: Sequence[tuple[InvestigationRecord, str, ProgressEvent]]
+        self, settled: Sequence[tuple[InvestigationRecord, str, ProgressEvent | None]]
     ) -> None:
-        """Records (each with its JSON as stored) and their terminal events, sent together;
-        returns once Kafka has the records."""
+        """Records (each with its JSON as stored) and their terminal events (if given), sent
+        together; returns once Kafka has the records."""
         direct = self._direct()
         if direct is None:
             acks = []
             for record, text, event in settled:
                 acks.append(await self._send_result(record, text, confirm=False))
-                await self.publish_progress(event, record.fingerprint)
+                if event is not None:
+                    await self.publish_progress(event, record.fingerprint)
             await asyncio.gather(*acks)
             return
         results, progress = self.results.topic, self.progress.topic
@@ -187,6 +188,8 @@ class KafkaProducers:
                 text.encode(),
                 _wire(_result_correlation(record), _result_headers(record)),
             )
+            if event is None:
+                continue
             batches.add(
                 progress,
                 slot,
