@@ -62,6 +62,7 @@ async def seed_finished(settings: Settings, n: int) -> list[dict[str, Any]]:
                 finished_at=utcnow(),
             )
             await store.create(record)
+            await store.mark_published([record.id])  # its result reached Kafka
     finally:
         await redis.aclose()
     return alerts

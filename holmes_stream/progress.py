@@ -34,6 +34,7 @@ class _Pending:
     done: asyncio.Future[ProgressEvent]
     # The emitter's context when tracing is on: its publish carries that investigation's trace.
     context: contextvars.Context | None
+    published: bool  # an outcome's event: its result is on Kafka, marked with the event
 
 
 class ProgressWriter:
@@ -46,7 +47,12 @@ class ProgressWriter:
         self._task: asyncio.Task[None] | None = None
 
     def write(
-        self, investigation_id: str, fingerprint: str, type_: str, payload: dict[str, Any]
+        self,
+        investigation_id: str,
+        fingerprint: str,
+        type_: str,
+        payload: dict[str, Any],
+        published: bool = False,
     ) -> asyncio.Future[ProgressEvent]:
         """Queue an event; the future gives it numbered, once Redis has it and Kafka took it."""
         draft = ProgressEvent(
@@ -57,7 +63,7 @@ class ProgressWriter:
         )
         done: asyncio.Future[ProgressEvent] = asyncio.get_running_loop().create_future()
         context = contextvars.copy_context() if telemetry.active() else None
-        self._pending.append(_Pending(draft, fingerprint, done, context))
+        self._pending.append(_Pending(draft, fingerprint, done, context, published))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain())
         return done
@@ -76,7 +82,10 @@ class ProgressWriter:
                     raise
 
     async def _write(self, batch: list[_Pending]) -> None:
-        await self._store.append_events([item.draft for item in batch])
+        await self._store.append_events(
+            [item.draft for item in batch],
+            [item.draft.investigation_id for item in batch if item.published],
+        )
         for item in batch:
             publish = self._producers.publish_progress(item.draft, item.fingerprint)
             try:

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
@@ -108,6 +108,13 @@ class SettledEpisodes:
             del self._entries[investigation_id]
             return False
         return not resolved or entry[1] > now
+
+
+class Found(NamedTuple):
+    """The record of an alert's episode, found where ``settle_many`` would have stored one."""
+
+    record: InvestigationRecord
+    published: bool  # finished, and its result is on Kafka
 
 
 class Outcome(StrEnum):
@@ -332,41 +339,58 @@ class InvestigationService:
 
     async def _handle(self, work: AlertWork, source: Source) -> Outcome:
         if self.settles_without_run(work, source):
-            (existing,) = await self.settle_many([(work, source)])
-            if existing is None:
+            (found,) = await self.settle_many([(work, source)])
+            if found is None:
                 return Outcome.SKIPPED
-            return await self._after_settle(existing, work, source)
+            return await self._after_settle(found, work, source)
         owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
         lease = self.settings.claim_lease_seconds
         claim = await self.store.claim(self._new_record(work, source), owner, lease)
         if claim.record.status.terminal:
-            return await self._duplicate(claim.record)
+            return await self._duplicate(claim.record, claim.published)
         return await self._run_exclusively(claim, owner, work, source)
 
-    async def resume_settled(
-        self, existing: InvestigationRecord, work: AlertWork, source: Source
-    ) -> Outcome:
+    async def resume_settled(self, found: Found, work: AlertWork, source: Source) -> Outcome:
         """``handle`` for an alert whose episode ``settle_many`` found: from where it stopped."""
         with _about(work):
-            return await self._after_settle(existing, work, source)
+            return await self._after_settle(found, work, source)
 
-    async def _after_settle(
+    async def _after_settle(self, found: Found, work: AlertWork, source: Source) -> Outcome:
+        existing = found.record
+        if work.alert.status == "resolved":
+            return await self._on_resolved(existing, work, found.published)
+        if existing.status.terminal:
+            return await self._duplicate(existing, found.published)
+        return await self._close_stale(existing, work, source)
+
+    async def _close_stale(
         self, existing: InvestigationRecord, work: AlertWork, source: Source
     ) -> Outcome:
-        if work.alert.status == "resolved":
-            return await self._on_resolved(existing, work)
-        if existing.status.terminal:
-            return await self._duplicate(existing)
-        stale = self._staleness(work, source) or "stale"
-        return await self._finish(existing, Status.SKIPPED, reason=stale)
+        """A stale alert of an unfinished episode: skipped, unless a worker runs it (its run
+        decides). Closed under the episode's lease, so no run starts meanwhile."""
+        owner = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+        if not await self.store.acquire_lease(
+            existing.id, owner, self.settings.claim_lease_seconds
+        ):
+            metrics.DEDUP_HITS.labels("lease").inc()
+            return Outcome.DUPLICATE
+        self._leases[existing.id] = owner  # given back by the outcome's write
+        try:
+            current = await self.store.get(existing.id)  # it may have finished meanwhile
+            if current is None or current.status.terminal:
+                metrics.DEDUP_HITS.labels("lease").inc()
+                return Outcome.DUPLICATE
+            stale = self._staleness(work, source) or "stale"
+            return await self._finish(current, Status.SKIPPED, reason=stale)
+        finally:
+            if self._leases.pop(existing.id, None) is not None:
+                await self.store.release_lease(existing.id, owner)
 
     def settles_without_run(self, work: AlertWork, source: Source) -> bool:
         """Resolved or stale: an outcome reached without the LLM."""
         return work.alert.status == "resolved" or self._staleness(work, source) is not None
 
-    async def settle_many(
-        self, items: Sequence[tuple[AlertWork, Source]]
-    ) -> list[InvestigationRecord | None]:
+    async def settle_many(self, items: Sequence[tuple[AlertWork, Source]]) -> list[Found | None]:
         """Settle alerts that need no run (resolved, stale) of episodes not known yet, together.
 
         One Redis round trip stores every record with its terminal event, then their results
@@ -400,17 +424,36 @@ class InvestigationService:
             if settled.event is not None
         ]
         if settled:
-            await self._durably(lambda: self.producers.publish_outcomes(settled))
+            await self._durably(lambda: self._publish_settled(settled))
             metrics.ALERTS_PROCESSED.labels(Outcome.SKIPPED).inc(len(settled))
             ttl_ms = self.store.ttl * 1000
             for record, _, _ in settled:
                 self.settled.remember(record.id, ttl_ms, ttl_ms if record.resolved_at else None)
-        return [settled.existing for settled in replies]
+        return [None if s.existing is None else Found(s.existing, s.published) for s in replies]
 
-    async def _duplicate(self, record: InvestigationRecord) -> Outcome:
+    async def _publish_settled(
+        self, settled: Sequence[tuple[InvestigationRecord, str, ProgressEvent | None]]
+    ) -> None:
+        await self.producers.publish_outcomes(settled)
+        await self.store.mark_published([record.id for record, _, _ in settled])
+
+    async def _duplicate(self, record: InvestigationRecord, published: bool) -> Outcome:
         metrics.DEDUP_HITS.labels("kafka").inc()
+        if not published:
+            await self._republish(record)
         await self._remember_settled(record.id, resolved=False)
         return Outcome.DUPLICATE
+
+    async def _republish(self, record: InvestigationRecord) -> None:
+        """A finished record whose result Kafka never had (its worker died between storing and
+        publishing it: the message came back): its result and terminal event, now."""
+        log.info("publishing a stored outcome whose worker stopped before Kafka had it")
+
+        async def publish() -> None:
+            await self.producers.publish_result(record)
+            await self.write_event(record, *_terminal_event(record), published=True)
+
+        await self._durably(publish)
 
     def _new_record(
         self, work: AlertWork, source: Source, status: Status = Status.QUEUED, **fields: Any
@@ -464,20 +507,20 @@ class InvestigationService:
                 return f"stale: reached Kafka at {produced.isoformat()}, before the window"
         return None
 
-    async def note_resolutions(
-        self, items: Sequence[tuple[InvestigationRecord, AlertWork]]
-    ) -> None:
+    async def note_resolutions(self, items: Sequence[tuple[Found, AlertWork]]) -> None:
         """``_on_resolved`` of resolved alerts of finished episodes, together: one round trip
-        notes them, and the records that gain a resolution are published together."""
+        notes them, and the records that gain a resolution (or were never published) are
+        published together."""
         now = utcnow()
         marks = await self.store.mark_resolved_many(
-            [(stored.id, work.alert.endsAt or now) for stored, work in items]
+            [(found.record.id, work.alert.endsAt or now) for found, work in items]
         )
         changed = []
         ttl_ms = self.store.ttl * 1000
-        for (stored, _), (resolved_at, record_ms, resolved_ms) in zip(items, marks, strict=True):
-            if stored.resolved_at is None:
-                stored.resolved_at = resolved_at
+        for (found, _), (resolved_at, record_ms, resolved_ms) in zip(items, marks, strict=True):
+            stored = found.record
+            if stored.resolved_at is None or not found.published:
+                stored.resolved_at = stored.resolved_at or resolved_at
                 changed.append((stored, resolved_ms))
             else:
                 self.settled.remember(stored.id, record_ms, resolved_ms)
@@ -486,7 +529,9 @@ class InvestigationService:
             for stored, resolved_ms in changed:  # put: the record's key lives a full TTL again
                 self.settled.remember(stored.id, ttl_ms, resolved_ms)
 
-    async def _on_resolved(self, stored: InvestigationRecord, work: AlertWork) -> Outcome:
+    async def _on_resolved(
+        self, stored: InvestigationRecord, work: AlertWork, published: bool
+    ) -> Outcome:
         """A resolved alert of a known episode: noted on its record, its run asked to stop."""
         at = work.alert.endsAt or utcnow()
         resolved_at = await self.store.mark_resolved(stored.id, at)
@@ -494,6 +539,8 @@ class InvestigationService:
             if stored.resolved_at is None:
                 stored.resolved_at = resolved_at
                 await self._durably(lambda: self._publish_outcome(stored))
+            elif not published:
+                await self._republish(stored)
             await self._remember_settled(stored.id, resolved=True)
             return Outcome.RESOLVED_NOTED
         if self.settings.cancel_on_resolve:
@@ -752,7 +799,7 @@ class InvestigationService:
         await self.store.put(record, release_lease_of=self._leases.get(record.id))
         self._leases.pop(record.id, None)
         await self.producers.publish_result(record)
-        await self.emit(record, *_terminal_event(record))
+        await self.write_event(record, *_terminal_event(record), published=True)
 
     async def _publish_outcomes(self, records: Sequence[InvestigationRecord]) -> None:
         """``_publish_outcome`` of records no lease of ours covers, together."""
@@ -760,7 +807,9 @@ class InvestigationService:
         await self.producers.publish_outcomes(
             [(record, text, None) for record, text in zip(records, texts, strict=True)]
         )
-        await asyncio.gather(*(self.write_event(r, *_terminal_event(r)) for r in records))
+        await asyncio.gather(
+            *(self.write_event(r, *_terminal_event(r), published=True) for r in records)
+        )
 
     async def emit(
         self,
@@ -779,10 +828,12 @@ class InvestigationService:
         payload: dict[str, Any],
         *,
         redact: bool = True,
+        published: bool = False,
     ) -> asyncio.Future[ProgressEvent]:
+        """``published``: the record's outcome is on Kafka (``RecordStore.mark_published``)."""
         if redact and self.extras.redactor is not None:
             payload = self.extras.redactor.redact_obj(payload)
-        return self.progress.write(record.id, record.fingerprint, type_, payload)
+        return self.progress.write(record.id, record.fingerprint, type_, payload, published)
 
     async def _durably(self, op: Callable[[], Awaitable[T]]) -> T:
         """Retry an outcome write through Redis or Kafka blips: the work is done, keep it."""

@@ -30,17 +30,22 @@ from holmes_stream.settings import RedisSettings
 # Sequence number and stream entry are written together so that a reader resuming from
 # sequence N gets exactly the events after N, whichever worker wrote them.
 # Events of any investigations, each numbered by its own counter: KEYS are (stream, counter)
-# pairs, ARGV the stream length cap, the TTL, then one event per pair. Returns their seqs.
+# pairs, then published marks to set; ARGV the stream length cap, the TTL, the number of
+# events, then one event per pair. Returns their seqs.
 _APPEND_EVENTS = """
 local seqs = {}
-for i = 1, #KEYS / 2 do
+local n = tonumber(ARGV[3])
+for i = 1, n do
   local stream, counter = KEYS[2 * i - 1], KEYS[2 * i]
   local seq = redis.call('INCR', counter)
-  local event = string.gsub(ARGV[2 + i], '"seq":0', '"seq":' .. seq, 1)
+  local event = string.gsub(ARGV[3 + i], '"seq":0', '"seq":' .. seq, 1)
   redis.call('XADD', stream, 'MAXLEN', '~', ARGV[1], seq .. '-0', 'e', event)
   redis.call('EXPIRE', stream, ARGV[2])
   redis.call('EXPIRE', counter, ARGV[2])
   seqs[i] = seq
+end
+for k = 2 * n + 1, #KEYS do
+  redis.call('SET', KEYS[k], 1, 'EX', ARGV[2])
 end
 return seqs
 """
@@ -70,7 +75,7 @@ local out = {}
 for n, o in ipairs(cjson.decode(ARGV[1])) do
   local existing = redis.call('GET', o.record_key)
   if existing then
-    out[n] = {1, existing}
+    out[n] = {1, existing, redis.call('EXISTS', o.published_key)}
   else
     redis.call('SET', o.record_key, o.record, 'EX', o.ttl)
     for _, index in ipairs(o.index_keys) do
@@ -93,7 +98,8 @@ return out
 
 # A firing alert's first step: its record created unless the episode has one, and its lease
 # taken unless that record is finished, with any stop request: one round trip, not four.
-# Returns {existing record or false, 1 if the lease was taken, the stop reason or false}.
+# Returns {existing record or false, 1 if the lease was taken, the stop reason or false,
+# 1 if that record is finished and its result was published (ARGV[8] is its mark's key)}.
 _CLAIM = """
 local existing = redis.call('GET', KEYS[1])
 if not existing then
@@ -103,10 +109,10 @@ if not existing then
     redis.call('EXPIRE', KEYS[i], ARGV[2])
   end
 elseif string.find(ARGV[7], ',' .. cjson.decode(existing)['status'] .. ',', 1, true) then
-  return {existing, 0, false}
+  return {existing, 0, false, redis.call('EXISTS', ARGV[8])}
 end
 local leased = redis.call('SET', KEYS[2], ARGV[5], 'NX', 'PX', ARGV[6]) and 1 or 0
-return {existing or false, leased, redis.call('GET', KEYS[3])}
+return {existing or false, leased, redis.call('GET', KEYS[3]), 0}
 """
 
 # Renew or release a lease only while we still own it.
@@ -140,6 +146,7 @@ class Claim:
     record: InvestigationRecord  # as stored: the given one when created
     leased: bool
     stop_reason: str | None
+    published: bool = False  # a finished record's result reached Kafka (``mark_published``)
 
 
 class Settlement(NamedTuple):
@@ -149,6 +156,7 @@ class Settlement(NamedTuple):
     event: ProgressEvent | None
     # The outcome's record as stored (when ``event`` is not None): sent as it is.
     record_json: str
+    published: bool = False  # of ``existing``: as ``Claim.published``
 
 
 def _numbered(draft: ProgressEvent, text: str, seq: int) -> ProgressEvent:
@@ -233,13 +241,15 @@ class RecordStore:
             owner,
             int(lease_seconds * 1000),
             _TERMINAL_STATUSES,
+            self._k("pub", i),
         ]
-        existing, leased, stop = await self._claim(keys=keys, args=args)
+        existing, leased, stop, published = await self._claim(keys=keys, args=args)
         stored = record if existing is None else InvestigationRecord.model_validate_json(existing)
         return Claim(
             record=stored,
             leased=bool(leased),
             stop_reason=None if stop is None else stop.decode(),
+            published=bool(published),
         )
 
     async def settle_many(
@@ -269,6 +279,7 @@ class RecordStore:
                     "resolved": record.resolved_at.isoformat() if record.resolved_at else "",
                     "stream_key": self._k("ev", i),
                     "seq_key": self._k("evseq", i),
+                    "published_key": self._k("pub", i),
                     "event": draft.model_dump_json(),
                     "max_len": self.events_max_len,
                     "ttl": self.ttl,
@@ -276,10 +287,10 @@ class RecordStore:
             )
         replies = await self._settle_new(args=[to_json(batch)])
         out: list[Settlement] = []
-        for draft, item, (found, reply) in zip(drafts, batch, replies, strict=True):
+        for draft, item, (found, reply, *published) in zip(drafts, batch, replies, strict=True):
             if found:
                 existing = InvestigationRecord.model_validate_json(reply)
-                out.append(Settlement(existing, None, item["record"]))
+                out.append(Settlement(existing, None, item["record"], bool(published[0])))
             else:
                 out.append(Settlement(None, _numbered(draft, item["event"], reply), item["record"]))
         return out
@@ -401,8 +412,11 @@ class RecordStore:
         (event,) = await self.append_events([draft])
         return event
 
-    async def append_events(self, drafts: Sequence[ProgressEvent]) -> list[ProgressEvent]:
-        """Append events of any investigations in one round trip, each at its stream's next seq.
+    async def append_events(
+        self, drafts: Sequence[ProgressEvent], published: Sequence[str] = ()
+    ) -> list[ProgressEvent]:
+        """Append events of any investigations in one round trip, each at its stream's next seq;
+        with ``published``, ``mark_published`` those ids in the same round trip.
 
         The drafts come back numbered, their JSON (as stored) already serialised.
         """
@@ -412,8 +426,21 @@ class RecordStore:
             i = draft.investigation_id
             keys += [self._k("ev", i), self._k("evseq", i)]
             texts.append(draft.model_dump_json())
-        seqs = await self._append_many(keys=keys, args=[self.events_max_len, self.ttl, *texts])
+        keys += [self._k("pub", i) for i in published]
+        args: list[str | int] = [self.events_max_len, self.ttl, len(drafts), *texts]
+        seqs = await self._append_many(keys=keys, args=args)
         return [_numbered(d, t, s) for d, t, s in zip(drafts, texts, seqs, strict=True)]
+
+    async def mark_published(self, investigation_ids: Sequence[str]) -> None:
+        """Note that these finished records' results are on Kafka: a redelivered alert of one
+        without the mark publishes it again (the worker died between storing and publishing)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for i in investigation_ids:
+            pipe.set(self._k("pub", i), 1, ex=self.ttl)
+        await pipe.execute()
+
+    async def is_published(self, investigation_id: str) -> bool:
+        return bool(await self.redis.exists(self._k("pub", investigation_id)))
 
     async def events_after(self, investigation_id: str, seq: int) -> list[ProgressEvent]:
         rows = await self.redis.xrange(self._k("ev", investigation_id), min=f"({seq}-0", max="+")

@@ -169,7 +169,10 @@ async def _wait_consumed(settings: Settings, timeout: float = 120) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             committed = await admin.list_consumer_group_offsets(settings.kafka.group_id)
-            if all(committed.get(tp) and committed[tp].offset >= end for tp, end in ends.items()):
+            if all(
+                end == 0 or (committed.get(tp) and committed[tp].offset >= end)
+                for tp, end in ends.items()
+            ):
                 return sum(ends.values())
             await asyncio.sleep(0.3)
         raise AssertionError(f"the worker did not commit every message: {committed} < {ends}")
@@ -281,7 +284,9 @@ async def test_alerts_needing_no_llm_are_settled_in_batches_each_with_its_result
             alert=work.alert,
             resolved_at=datetime.now(UTC) if i == 2 else None,
         )
-        await RecordStore(redis, settings.redis.key_prefix).create(record)
+        store = RecordStore(redis, settings.redis.key_prefix)
+        await store.create(record)
+        await store.mark_published([record.id])  # as a worker leaves what it finished
         finished.append(record)
     await redis.aclose()
     known_resolved = [alert | {"status": "resolved", "endsAt": now} for alert in known]
@@ -324,6 +329,110 @@ async def test_alerts_needing_no_llm_are_settled_in_batches_each_with_its_result
     )
     assert skipped_ids <= {e["investigation_id"] for e in events if e["type"] == "skipped"}
     assert republished <= {e["investigation_id"] for e in events if e["type"] == "completed"}
+
+
+async def test_an_outcome_stored_but_never_published_is_published_when_its_alert_returns(
+    stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory, start_worker
+) -> None:
+    """A worker that dies after storing an outcome but before Kafka has its result leaves its
+    message uncommitted; whichever worker gets it again publishes that result (and its terminal
+    event) instead of taking the message for a duplicate. A published one is not sent twice."""
+    llm = scripted_llm_factory()
+    settings = make_settings(stack, uid, llm.api_base, stale_after_seconds=3600)
+    old = datetime.now(UTC) - timedelta(days=2)
+    now = datetime.now(UTC).isoformat()
+    alerts = {
+        "firing": firing_alert(f"{uid}-f", 0),  # the claim finds it finished
+        "stale": firing_alert(f"{uid}-s", 0, old),  # settled in a batch: finds it finished
+        "resolved": firing_alert(f"{uid}-r", 0) | {"status": "resolved", "endsAt": now},
+        "published": firing_alert(f"{uid}-p", 0),
+    }
+    redis = Redis.from_url(settings.redis.url)
+    store = RecordStore(redis, settings.redis.key_prefix)
+    ids = {}
+    for kind, alert in alerts.items():
+        [work] = decode_message(json.dumps(alert).encode(), 1 << 20)
+        ids[kind] = work.investigation_id
+        await store.create(
+            InvestigationRecord(
+                id=work.investigation_id,
+                episode_key=work.alert.episode_key(),
+                fingerprint=work.alert.identity(),
+                status=Status.COMPLETED,
+                alert=work.alert,
+                resolved_at=datetime.now(UTC) if kind == "resolved" else None,
+            )
+        )
+    await store.mark_published([ids["published"]])
+    await redis.aclose()
+    await send(producer, settings.kafka.alerts_topic, list(alerts.values()))
+
+    await start_worker(settings)
+    assert await _wait_consumed(settings) == len(alerts)
+    lost = {ids["firing"], ids["stale"], ids["resolved"]}
+    results = await collect(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.results_topic,
+        lambda got: lost <= {m["id"] for m in got},
+        timeout=30,
+    )
+    assert lost <= {m["id"] for m in results}
+    assert all(m["status"] == "completed" for m in results)
+    assert ids["published"] not in {m["id"] for m in results}
+    events = await collect(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.progress_topic,
+        lambda got: lost <= {m["investigation_id"] for m in got},
+        timeout=30,
+    )
+    assert lost <= {e["investigation_id"] for e in events if e["type"] == "completed"}
+    # Now marked: the next re-send of each is a plain duplicate again.
+    redis = Redis.from_url(settings.redis.url)
+    store = RecordStore(redis, settings.redis.key_prefix)
+    assert all([await store.is_published(i) for i in lost])
+    await redis.aclose()
+
+
+async def test_a_stale_resend_leaves_a_running_episode_alone_and_closes_a_queued_one(
+    stack, uid: str, producer: AIOKafkaProducer, scripted_llm_factory, start_worker
+) -> None:
+    llm = scripted_llm_factory()
+    settings = make_settings(stack, uid, llm.api_base, stale_after_seconds=3600)
+    old = datetime.now(UTC) - timedelta(days=2)
+    alerts = {s: firing_alert(f"{uid}-{s}", 0, old) for s in ("running", "queued")}
+    redis = Redis.from_url(settings.redis.url)
+    store = RecordStore(redis, settings.redis.key_prefix)
+    ids = {}
+    for status, alert in alerts.items():
+        [work] = decode_message(json.dumps(alert).encode(), 1 << 20)
+        ids[status] = work.investigation_id
+        await store.create(
+            InvestigationRecord(
+                id=work.investigation_id,
+                episode_key=work.alert.episode_key(),
+                fingerprint=work.alert.identity(),
+                status=Status(status),
+                alert=work.alert,
+            )
+        )
+    # Another worker runs the first one: it holds the episode's lease.
+    assert await store.acquire_lease(ids["running"], "another-worker", 120)
+    await send(producer, settings.kafka.alerts_topic, list(alerts.values()))
+
+    await start_worker(settings)
+    assert await _wait_consumed(settings) == len(alerts)
+    running, queued = await store.get(ids["running"]), await store.get(ids["queued"])
+    await redis.aclose()
+    assert running is not None and running.status == "running"
+    assert queued is not None and queued.status == "skipped"
+    assert (queued.reason or "").startswith("stale")
+    results = await collect(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.results_topic,
+        lambda got: ids["queued"] in {m["id"] for m in got},
+        timeout=30,
+    )
+    assert ids["running"] not in {m["id"] for m in results}
 
 
 async def test_two_workers_share_partitions_and_a_stopped_one_hands_over(

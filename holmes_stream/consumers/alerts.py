@@ -28,7 +28,14 @@ from holmes_stream.chat import ChatService, decode_chat
 from holmes_stream.consumers.offsets import OffsetTracker
 from holmes_stream.intake import AlertWork, RejectedMessage, decode_message
 from holmes_stream.producers.kafka import DeadLetter
-from holmes_stream.service import TRANSIENT_IO, InvestigationService, Outcome, Source, backoff
+from holmes_stream.service import (
+    TRANSIENT_IO,
+    Found,
+    InvestigationService,
+    Outcome,
+    Source,
+    backoff,
+)
 from holmes_stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -194,7 +201,7 @@ class Dispatcher:
                 self.tracker.done(state, record.offset)
 
         async def finish(
-            record: Any, state: Any, source: Source, ours: list[tuple[AlertWork, Any]]
+            record: Any, state: Any, source: Source, ours: list[tuple[AlertWork, Found]]
         ) -> None:
             # Never an LLM run: a resolution noted, a stale re-send closed, or a duplicate.
             try:
@@ -204,10 +211,10 @@ class Dispatcher:
                 await self._process(record, [w for w, _ in ours])
             self.tracker.done(state, record.offset)
 
-        def resolving(ours: list[tuple[AlertWork, Any]]) -> bool:
-            return all(w.alert.status == "resolved" and e.status.terminal for w, e in ours)
+        def resolving(ours: list[tuple[AlertWork, Found]]) -> bool:
+            return all(w.alert.status == "resolved" and f.record.status.terminal for w, f in ours)
 
-        async def note(items: list[tuple[Any, Any, Source, list[tuple[AlertWork, Any]]]]) -> None:
+        async def note(items: list[tuple[Any, Any, Source, list[tuple[AlertWork, Found]]]]) -> None:
             # Resolutions of finished episodes (re-sends of a resolved alert, mostly): together.
             if not items:
                 return
