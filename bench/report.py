@@ -114,7 +114,7 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
             ref += f"; bare SDK at 64 in flight: {f3['bare_rate_64_in_flight']}/s"
         rows.append(
             (
-                "3. 1 s scripted LLM, 64 in flight, 1 process",
+                f"3. 1 s scripted LLM, 64 in flight, 1 process ({f3.get('n', '?')} alerts a run)",
                 fmt(m, "/s"),
                 ref,
                 f"{m['median'] / bound:.2f}",

@@ -45,6 +45,11 @@ async def main(n: int, rounds: int) -> None:
         return [[0, 1]] * len(json.loads(args[0]))
 
     store._settle_new = settle_new  # type: ignore[method-assign]
+
+    async def mark_many(keys: Any, args: Any) -> None:
+        return None
+
+    store._mark_many = mark_many  # type: ignore[method-assign]
     producer = AIOKafkaProducer(max_batch_size=kafka_producers.PRODUCER_BATCH_BYTES)
     producers = kafka_producers.KafkaProducers(
         kafka_producers.make_broker(settings.kafka), settings.kafka

@@ -287,6 +287,9 @@ class InvestigationService:
         self.progress = ProgressWriter(store, producers)
         # Investigation id -> owner of the lease this process holds on it.
         self._leases: dict[str, str] = {}
+        # Settled outcomes on Kafka, to be marked published (see _publish_settled).
+        self._unmarked: list[str] = []
+        self._marker: asyncio.Task[None] | None = None
 
     # ---------------------------------------------------------------- submission (API side)
     async def submit(self, works: list[AlertWork]) -> list[Submission]:
@@ -435,7 +438,20 @@ class InvestigationService:
         self, settled: Sequence[tuple[InvestigationRecord, str, ProgressEvent | None]]
     ) -> None:
         await self.producers.publish_outcomes(settled)
-        await self.store.mark_published([record.id for record, _, _ in settled])
+        # Marked later, not awaited: committing the offsets needs only the results on Kafka. A
+        # mark lost to a crash costs a repeated result when the alert comes again, never a
+        # missing one.
+        self._unmarked += [record.id for record, _, _ in settled]
+        if self._marker is None or self._marker.done():
+            self._marker = asyncio.create_task(self._mark_published())
+
+    async def _mark_published(self) -> None:
+        while self._unmarked:
+            ids, self._unmarked = self._unmarked, []
+            try:
+                await self.store.mark_published(ids)
+            except TRANSIENT_IO as exc:
+                log.warning("%d outcomes not marked published: %s", len(ids), exc)
 
     async def _duplicate(self, record: InvestigationRecord, published: bool) -> Outcome:
         metrics.DEDUP_HITS.labels("kafka").inc()
@@ -483,15 +499,17 @@ class InvestigationService:
         if redactor is None:
             return alert
         # Most alerts hold no secret: then the alert itself is what may be stored and shown.
-        # Its text fields tell (timestamps are validated datetimes, no place for a secret).
+        # Its text fields tell. Timestamps are validated datetimes, no place for a secret; the
+        # fingerprint is the alert's identity, which the record and the Kafka headers carry
+        # as it is anyway.
         texts = {"status": alert.status, "generatorURL": alert.generatorURL or ""}
-        texts["fingerprint"] = alert.fingerprint or ""
         if not alert.model_extra and all(
             redactor.keeps(part) for part in (alert.labels, alert.annotations, texts)
         ):
             return alert
         plain = alert.model_dump(mode="json")
         redacted = redactor.redact_obj(plain)
+        redacted["fingerprint"] = plain["fingerprint"]
         return alert if redacted == plain else Alert.model_validate(redacted)
 
     def _staleness(

@@ -50,6 +50,13 @@ end
 return seqs
 """
 
+# Published marks of many outcomes (a pipeline costs the client a command's packing each).
+_MARK_PUBLISHED = """
+for _, key in ipairs(KEYS) do
+  redis.call('SET', key, 1, 'EX', ARGV[1])
+end
+"""
+
 # A record and its index entries appear together or not at all (a crash between the two
 # would leave a record that no listing shows). Returns the existing record, if there is one.
 _CREATE_RECORD = """
@@ -68,30 +75,43 @@ return false
 # Outcomes reached without running anything (stale, resolved before known): per outcome, the
 # record, its index entries, the resolution mark and the terminal event in one step, unless a
 # record already exists. ARGV[1]: a JSON array of outcomes (one argument for the whole batch:
-# packing hundreds of keys and arguments costs the client more than this costs Redis).
-# Returns per outcome {1, existing record} or {0, the terminal event's seq}.
+# packing hundreds of keys and arguments costs the client more than this costs Redis), ARGV[2]
+# the TTL, ARGV[3] the stream length cap. Index entries go in one ZADD per index (and chunk):
+# the outcomes of a batch share most indexes. Returns per outcome {1, existing record, 1 if
+# its result was published} or {0, the terminal event's seq}.
 _SETTLE_NEW = """
-local out = {}
+local out, members, ttl = {}, {}, ARGV[2]
 for n, o in ipairs(cjson.decode(ARGV[1])) do
   local existing = redis.call('GET', o.record_key)
   if existing then
     out[n] = {1, existing, redis.call('EXISTS', o.published_key)}
   else
-    redis.call('SET', o.record_key, o.record, 'EX', o.ttl)
+    redis.call('SET', o.record_key, o.record, 'EX', ttl)
     for _, index in ipairs(o.index_keys) do
-      redis.call('ZADD', index, o.score, o.id)
-      redis.call('EXPIRE', index, o.ttl)
+      local m = members[index]
+      if not m then
+        m = {}
+        members[index] = m
+      end
+      m[#m + 1] = o.score
+      m[#m + 1] = o.id
     end
     if o.resolved ~= '' then
-      redis.call('SET', o.resolved_key, o.resolved, 'NX', 'EX', o.ttl)
+      redis.call('SET', o.resolved_key, o.resolved, 'NX', 'EX', ttl)
     end
     local seq = redis.call('INCR', o.seq_key)
     local event = string.gsub(o.event, '"seq":0', '"seq":' .. seq, 1)
-    redis.call('XADD', o.stream_key, 'MAXLEN', '~', o.max_len, seq .. '-0', 'e', event)
-    redis.call('EXPIRE', o.stream_key, o.ttl)
-    redis.call('EXPIRE', o.seq_key, o.ttl)
+    redis.call('XADD', o.stream_key, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
+    redis.call('EXPIRE', o.stream_key, ttl)
+    redis.call('EXPIRE', o.seq_key, ttl)
     out[n] = {0, seq}
   end
+end
+for index, m in pairs(members) do
+  for i = 1, #m, 1000 do
+    redis.call('ZADD', index, unpack(m, i, math.min(i + 999, #m)))
+  end
+  redis.call('EXPIRE', index, ttl)
 end
 return out
 """
@@ -180,6 +200,7 @@ class RecordStore:
         self.ttl = ttl_seconds
         self.events_max_len = events_max_len
         self._append_many = redis.register_script(_APPEND_EVENTS)
+        self._mark_many = redis.register_script(_MARK_PUBLISHED)
         self._renew = redis.register_script(_RENEW_LEASE)
         self._release = redis.register_script(_RELEASE_LEASE)
         self._put_release = redis.register_script(_PUT_RELEASE)
@@ -281,11 +302,9 @@ class RecordStore:
                     "seq_key": self._k("evseq", i),
                     "published_key": self._k("pub", i),
                     "event": draft.model_dump_json(),
-                    "max_len": self.events_max_len,
-                    "ttl": self.ttl,
                 }
             )
-        replies = await self._settle_new(args=[to_json(batch)])
+        replies = await self._settle_new(args=[to_json(batch), self.ttl, self.events_max_len])
         out: list[Settlement] = []
         for draft, item, (found, reply, *published) in zip(drafts, batch, replies, strict=True):
             if found:
@@ -434,10 +453,8 @@ class RecordStore:
     async def mark_published(self, investigation_ids: Sequence[str]) -> None:
         """Note that these finished records' results are on Kafka: a redelivered alert of one
         without the mark publishes it again (the worker died between storing and publishing)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for i in investigation_ids:
-            pipe.set(self._k("pub", i), 1, ex=self.ttl)
-        await pipe.execute()
+        keys = [self._k("pub", i) for i in investigation_ids]
+        await self._mark_many(keys=keys, args=[self.ttl])
 
     async def is_published(self, investigation_id: str) -> bool:
         return bool(await self.redis.exists(self._k("pub", investigation_id)))

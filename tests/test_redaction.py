@@ -244,7 +244,7 @@ def test_log_filter_redacts_message_args_extras_and_traceback() -> None:
         {"labels": {"alertname": "A", "db_password": "hunter2hunter2"}},
         {"annotations": {"summary": "login with token=abcdef0123456789"}},
         {"generatorURL": "http://admin:s3cretpass@prom:9090/graph"},
-        {"fingerprint": "AKIAABCDEFGHIJKLMNOP"},
+        {"annotations": {"key": "AKIAABCDEFGHIJKLMNOP"}},
         {"runbook": "curl -H 'Authorization: Bearer abcdefghijklmnop'"},  # an extra field
     ],
 )
