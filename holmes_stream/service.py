@@ -450,7 +450,7 @@ class InvestigationService:
             ids, self._unmarked = self._unmarked, []
             try:
                 await self.store.mark_published(ids)
-            except TRANSIENT_IO as exc:
+            except Exception as exc:  # best effort (see above), e.g. Redis gone at shutdown
                 log.warning("%d outcomes not marked published: %s", len(ids), exc)
 
     async def _duplicate(self, record: InvestigationRecord, published: bool) -> Outcome:
