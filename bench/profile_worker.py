@@ -13,6 +13,7 @@ import asyncio
 import cProfile
 import gc
 import json
+import os
 import pstats
 import tempfile
 import time
@@ -55,6 +56,8 @@ async def main(
         await runtime.start()
         if freeze:
             gc.freeze()
+        if os.environ.get("GC_THRESHOLD"):
+            gc.set_threshold(*map(int, os.environ["GC_THRESHOLD"].split(",")))
         gc_seconds = [0.0, 0.0]  # total, start of the current collection
         gc.callbacks.append(
             lambda phase, _info: gc_seconds.__setitem__(
