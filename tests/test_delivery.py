@@ -56,6 +56,23 @@ async def wait_for_records(
         await asyncio.sleep(0.5)
 
 
+async def _stored(
+    store: RecordStore, alert: dict[str, Any], status: Status, resolved: bool = False
+) -> InvestigationRecord:
+    """The record of ``alert``'s episode as a worker before this one left it in Redis."""
+    [work] = decode_message(json.dumps(alert).encode(), 1 << 20)
+    record = InvestigationRecord(
+        id=work.investigation_id,
+        episode_key=work.alert.episode_key(),
+        fingerprint=work.alert.identity(),
+        status=status,
+        alert=work.alert,
+        resolved_at=datetime.now(UTC) if resolved else None,
+    )
+    await store.create(record)
+    return record
+
+
 async def send(producer: AIOKafkaProducer, topic: str, payloads: list[Any]) -> None:
     futures = [
         await producer.send(topic, p if isinstance(p, bytes) else json.dumps(p).encode())
@@ -273,21 +290,12 @@ async def test_alerts_needing_no_llm_are_settled_in_batches_each_with_its_result
     # which are published again; one already noted resolved is left as it is.
     known = [firing_alert(f"{uid}-k", i) for i in range(3)]
     redis = Redis.from_url(settings.redis.url)
-    finished = []
-    for i, alert in enumerate(known):
-        [work] = decode_message(json.dumps(alert).encode(), 1 << 20)
-        record = InvestigationRecord(
-            id=work.investigation_id,
-            episode_key=work.alert.episode_key(),
-            fingerprint=work.alert.identity(),
-            status=Status.COMPLETED,
-            alert=work.alert,
-            resolved_at=datetime.now(UTC) if i == 2 else None,
-        )
-        store = RecordStore(redis, settings.redis.key_prefix)
-        await store.create(record)
-        await store.mark_published([record.id])  # as a worker leaves what it finished
-        finished.append(record)
+    store = RecordStore(redis, settings.redis.key_prefix)
+    finished = [
+        await _stored(store, alert, Status.COMPLETED, resolved=i == 2)
+        for i, alert in enumerate(known)
+    ]
+    await store.mark_published([r.id for r in finished])  # as a worker leaves what it finished
     await redis.aclose()
     known_resolved = [alert | {"status": "resolved", "endsAt": now} for alert in known]
     # Fired and resolved in the same batch: both go the usual way, not the batch.
@@ -349,20 +357,10 @@ async def test_an_outcome_stored_but_never_published_is_published_when_its_alert
     }
     redis = Redis.from_url(settings.redis.url)
     store = RecordStore(redis, settings.redis.key_prefix)
-    ids = {}
-    for kind, alert in alerts.items():
-        [work] = decode_message(json.dumps(alert).encode(), 1 << 20)
-        ids[kind] = work.investigation_id
-        await store.create(
-            InvestigationRecord(
-                id=work.investigation_id,
-                episode_key=work.alert.episode_key(),
-                fingerprint=work.alert.identity(),
-                status=Status.COMPLETED,
-                alert=work.alert,
-                resolved_at=datetime.now(UTC) if kind == "resolved" else None,
-            )
-        )
+    ids = {
+        kind: (await _stored(store, alert, Status.COMPLETED, resolved=kind == "resolved")).id
+        for kind, alert in alerts.items()
+    }
     await store.mark_published([ids["published"]])
     await redis.aclose()
     await send(producer, settings.kafka.alerts_topic, list(alerts.values()))
@@ -402,19 +400,9 @@ async def test_a_stale_resend_leaves_a_running_episode_alone_and_closes_a_queued
     alerts = {s: firing_alert(f"{uid}-{s}", 0, old) for s in ("running", "queued")}
     redis = Redis.from_url(settings.redis.url)
     store = RecordStore(redis, settings.redis.key_prefix)
-    ids = {}
-    for status, alert in alerts.items():
-        [work] = decode_message(json.dumps(alert).encode(), 1 << 20)
-        ids[status] = work.investigation_id
-        await store.create(
-            InvestigationRecord(
-                id=work.investigation_id,
-                episode_key=work.alert.episode_key(),
-                fingerprint=work.alert.identity(),
-                status=Status(status),
-                alert=work.alert,
-            )
-        )
+    ids = {
+        status: (await _stored(store, alert, Status(status))).id for status, alert in alerts.items()
+    }
     # Another worker runs the first one: it holds the episode's lease.
     assert await store.acquire_lease(ids["running"], "another-worker", 120)
     await send(producer, settings.kafka.alerts_topic, list(alerts.values()))
