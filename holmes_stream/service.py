@@ -328,10 +328,6 @@ class InvestigationService:
             return Outcome.DUPLICATE
         return None
 
-    async def _remember_settled(self, investigation_id: str, resolved: bool) -> None:
-        record_ms, resolved_ms = await self.store.expiries(investigation_id)
-        self.settled.remember(investigation_id, record_ms, resolved_ms if resolved else None)
-
     async def handle(self, work: AlertWork, source: Source) -> Outcome:
         """Bring one alert to an outcome. Idempotent: safe to call again for the same alert."""
         settled = self.settled_outcome(work)
@@ -457,7 +453,7 @@ class InvestigationService:
         metrics.DEDUP_HITS.labels("kafka").inc()
         if not published:
             await self._republish(record)
-        await self._remember_settled(record.id, resolved=False)
+        self.settled.remember(record.id, await self.store.record_expiry(record.id), None)
         return Outcome.DUPLICATE
 
     async def _republish(self, record: InvestigationRecord) -> None:
@@ -551,16 +547,10 @@ class InvestigationService:
         self, stored: InvestigationRecord, work: AlertWork, published: bool
     ) -> Outcome:
         """A resolved alert of a known episode: noted on its record, its run asked to stop."""
-        at = work.alert.endsAt or utcnow()
-        resolved_at = await self.store.mark_resolved(stored.id, at)
         if stored.status.terminal:
-            if stored.resolved_at is None:
-                stored.resolved_at = resolved_at
-                await self._durably(lambda: self._publish_outcome(stored))
-            elif not published:
-                await self._republish(stored)
-            await self._remember_settled(stored.id, resolved=True)
+            await self.note_resolutions([(Found(stored, published), work)])
             return Outcome.RESOLVED_NOTED
+        resolved_at = await self.store.mark_resolved(stored.id, work.alert.endsAt or utcnow())
         if self.settings.cancel_on_resolve:
             await self.store.request_stop(stored.id, f"alert resolved at {resolved_at.isoformat()}")
         return Outcome.RESOLVED_NOTED

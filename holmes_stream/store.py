@@ -476,13 +476,9 @@ class RecordStore:
         return events
 
     # -- stopping: resolution and cancellation ----------------------------------------------
-    async def expiries(self, investigation_id: str) -> tuple[int, int]:
-        """Milliseconds until the record and its resolution mark expire (Redis PTTL: -2 gone)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.pttl(self._k("inv", investigation_id))
-        pipe.pttl(self._k("resolved", investigation_id))
-        record_ms, resolved_ms = await pipe.execute()
-        return int(record_ms), int(resolved_ms)
+    async def record_expiry(self, investigation_id: str) -> int:
+        """Milliseconds until the record expires (Redis PTTL: -2 gone)."""
+        return int(await self.redis.pttl(self._k("inv", investigation_id)))
 
     async def mark_resolved(self, investigation_id: str, at: datetime) -> datetime:
         """Remember when the episode resolved (first report wins); return that time."""
@@ -496,8 +492,8 @@ class RecordStore:
     async def mark_resolved_many(
         self, marks: Sequence[tuple[str, datetime]]
     ) -> list[tuple[datetime, int, int]]:
-        """``mark_resolved`` of many episodes in one round trip; for each, also the expiries of
-        its record and of its mark (``expiries``)."""
+        """``mark_resolved`` of many episodes in one round trip; for each, also when its record
+        and its mark expire (milliseconds, as ``record_expiry``)."""
         pipe = self.redis.pipeline(transaction=False)
         for investigation_id, at in marks:
             key = self._k("resolved", investigation_id)
