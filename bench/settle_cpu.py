@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bench.common import REF_STARTS_AT, alert_json
-from holmes_stream.consumers.alerts import Dispatcher, _source
+from holmes_stream.consumers.alerts import _source
 from holmes_stream.intake import decode_message
 from holmes_stream.producers import kafka as kafka_producers
 from holmes_stream.redaction import Redactor
@@ -71,7 +71,6 @@ async def main(n: int, rounds: int) -> None:
     service = InvestigationService(
         store, producers, settings.worker, extras=Extras(redactor=Redactor())
     )
-    dispatcher = Dispatcher(service, settings)
     ended = REF_STARTS_AT.replace(hour=1)
     kinds = {
         "stale": lambda i: alert_json(f"fp-stale-{i}"),
@@ -97,7 +96,6 @@ async def main(n: int, rounds: int) -> None:
             f"{kind:28s} intake {best_take / n * 1e6:6.1f} us/alert,"
             f" settle {best_settle / n * 1e6:6.1f} us/alert (best of {rounds})"
         )
-    del dispatcher
 
 
 if __name__ == "__main__":

@@ -91,14 +91,19 @@ class Dispatcher:
                 self._start_or_hold(record, state, works)
         self._settle_or_hold(quick)
 
-    def _settle_or_hold(self, quick: list[tuple[Any, Any, list[AlertWork], Source]]) -> None:
-        """Settle these together, but hold those of an episode a settling task has in hand."""
+    def _settle_or_hold(
+        self, quick: list[tuple[Any, Any, list[AlertWork], Source]], held: bool = False
+    ) -> None:
+        """Settle these together, but hold those of an episode a settling task has in hand.
+
+        ``held``: these waited for a task, so their episodes may be known by now (a fresh fetch
+        was just looked up: ``_decode_settled``)."""
         ready = []
         for item in quick:
             record, state, works, _ = item
             if any(w.investigation_id in self._settling_ids for w in works):
                 self._held.append(item)
-            elif all(self.service.settled_outcome(w) is not None for w in works):
+            elif held and all(self.service.settled_outcome(w) is not None for w in works):
                 self.tracker.done(state, record.offset)  # known by now: nothing to do
             else:
                 ready.append(item)
@@ -183,8 +188,8 @@ class Dispatcher:
                     if not self.tracker.is_done(state, record.offset)
                 )
             if not self._closing.is_set():  # else held messages stay uncommitted: redelivered
-                held, self._held = self._held, []
-                self._settle_or_hold(held)
+                waited, self._held = self._held, []
+                self._settle_or_hold(waited, held=True)
             self._fill_slots()
 
         task.add_done_callback(finished)
