@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import fmt, summary
+from holmes_stream.devstack.kafka import BROKER_JVM_FLAGS
 
 
 def _version(pkg: str) -> str:
@@ -48,7 +49,8 @@ def _machine() -> list[str]:
         f"{_version('faststream')}, aiokafka {_version('aiokafka')}, redis-py {_version('redis')}, "
         f"litestar {_version('litestar')}, uvicorn {_version('uvicorn')}, pydantic {_version('pydantic')}",
         f"- redis-server {redis[2].removeprefix('v=') if len(redis) > 2 else '?'}; "
-        f"{java[0] if java else 'java ?'}; Apache Kafka from holmes_stream/devstack (KRaft, one broker)",
+        f"{java[0] if java else 'java ?'}; Apache Kafka from holmes_stream/devstack (KRaft, one broker; "
+        f"JVM flags {' '.join(BROKER_JVM_FLAGS)})",
     ]
 
 
