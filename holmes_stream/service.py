@@ -46,7 +46,7 @@ from holmes_stream.schemas import (
     ProgressEvent,
     Status,
 )
-from holmes_stream.schemas.investigations import EventType, utcnow
+from holmes_stream.schemas.investigations import SCHEMA_VERSION, EventType, construct, utcnow
 from holmes_stream.settings import WorkerSettings
 from holmes_stream.store import Claim, RecordStore
 
@@ -472,21 +472,30 @@ class InvestigationService:
     ) -> InvestigationRecord:
         # Every part is validated already (the alert, our own values): built without a second
         # validation, which costs as much as the rest of settling an alert that needs no LLM.
-        # Fields with a default factory are given: model_construct inspects each factory's
-        # signature on every call.
-        if "created_at" not in fields:
-            fields["created_at"] = utcnow()
-        return InvestigationRecord.model_construct(
-            enrichment={},
-            id=work.investigation_id,
-            episode_key=work.episode_key,
-            fingerprint=work.alert.identity(),
-            tenant=work.tenant,
-            status=status,
-            alert=self._redacted(work.alert),
-            question=work.question,
-            source=source.describe(),
-            **fields,
+        created_at = fields.pop("created_at", None) or utcnow()
+        return construct(
+            InvestigationRecord,
+            **{
+                "schema_version": SCHEMA_VERSION,
+                "id": work.investigation_id,
+                "episode_key": work.episode_key,
+                "fingerprint": work.alert.identity(),
+                "tenant": work.tenant,
+                "status": status,
+                "reason": None,
+                "alert": self._redacted(work.alert),
+                "question": work.question,
+                "created_at": created_at,
+                "started_at": None,
+                "finished_at": None,
+                "resolved_at": None,
+                "attempts": 0,
+                "result": None,
+                "error": None,
+                "enrichment": {},
+                "source": source.describe(),
+            }
+            | fields,
         )
 
     def _redacted(self, alert: Alert) -> Alert:

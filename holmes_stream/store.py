@@ -24,7 +24,7 @@ from pydantic_core import to_json
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from holmes_stream.schemas import InvestigationRecord, ProgressEvent, Status
-from holmes_stream.schemas.investigations import EventType, utcnow
+from holmes_stream.schemas.investigations import SCHEMA_VERSION, EventType, construct, utcnow
 from holmes_stream.settings import RedisSettings
 
 # Sequence number and stream entry are written together so that a reader resuming from
@@ -285,8 +285,14 @@ class RecordStore:
         for record, event_type, payload in outcomes:
             i = record.id
             # Our own values: no validation needed (``at`` given: see service._new_record).
-            draft = ProgressEvent.model_construct(
-                investigation_id=i, seq=0, type=event_type, payload=payload, at=utcnow()
+            draft = construct(
+                ProgressEvent,
+                schema_version=SCHEMA_VERSION,
+                investigation_id=i,
+                seq=0,
+                type=event_type,
+                payload=payload,
+                at=utcnow(),
             )
             drafts.append(draft)
             batch.append(

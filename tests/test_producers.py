@@ -91,3 +91,18 @@ async def test_batched_outcomes_land_as_single_sends_would(stack: Any, uid: str)
             assert batched.value == single.value
             assert list(batched.headers) == list(single.headers)
         assert len(partitions) > 1  # the keys spread: the partitioning was really compared
+
+
+def test_murmur2_is_kafkas_key_hash() -> None:
+    import random
+
+    from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+
+    from holmes_stream.producers.kafka import murmur2
+
+    rng = random.Random(7)
+    keys = [rng.randbytes(n) for n in range(70) for _ in range(20)]
+    keys += [b"", b"inv-1", "tenant.é".encode()]
+    assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) & 0xFFFFFFFF for k in keys]
+    # Java's Utils.murmur2 of these (as signed ints), the reference of Kafka's partitioner.
+    assert murmur2(b"21") & 0x7FFFFFFF == (-973932308) & 0x7FFFFFFF

@@ -2,16 +2,44 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from holmes_stream.schemas.alerts import Alert
 
 SCHEMA_VERSION = 1
+
+_Model = TypeVar("_Model", bound=BaseModel)
+_set = object.__setattr__
+
+
+def construct(cls: type[_Model], **values: Any) -> _Model:
+    """``cls`` from values already valid, every field given: what ``model_construct`` builds,
+    without its per-field alias and default handling, which cost more than the rest of
+    settling an alert that needs no LLM. A missing field is a KeyError, an unknown one a
+    TypeError. For models without extra fields; ``tests/test_schemas.py`` checks the result
+    against ``model_construct``'s."""
+    model = cls.__new__(cls)
+    fields = {name: values[name] for name in cls.__pydantic_fields__}  # declared order
+    if len(fields) != len(values):
+        raise TypeError(f"not fields of {cls.__name__}: {sorted(set(values) - set(fields))}")
+    _set(model, "__dict__", fields)
+    _set(model, "__pydantic_fields_set__", set(fields))
+    _set(model, "__pydantic_extra__", None)
+    private = _private_defaults(cls)
+    _set(model, "__pydantic_private__", dict(private) if private is not None else None)
+    return model
+
+
+@functools.cache
+def _private_defaults(cls: type[BaseModel]) -> dict[str, Any] | None:
+    attrs = cls.__private_attributes__
+    return {name: attr.get_default() for name, attr in attrs.items()} if attrs else None
 
 
 def utcnow() -> datetime:
@@ -162,12 +190,16 @@ class ProgressEvent(BaseModel):
     def terminal(self) -> bool:
         return self.type in TERMINAL_EVENTS
 
+    # ``_json`` through the private-attribute dict itself: pydantic's __getattr__ and
+    # __setattr__ for private attributes cost more than the rest of these methods.
     def json_text(self) -> str:
         """The event as JSON, serialised once: one event goes out to every client following it."""
-        if self._json is None:
-            self._json = self.model_dump_json()
-        return self._json
+        private = cast("dict[str, Any]", self.__pydantic_private__)  # set: a private field
+        text: str | None = private["_json"]
+        if text is None:
+            text = private["_json"] = self.model_dump_json()
+        return text
 
     def set_json(self, text: str) -> None:
         """Adopt ``text``, this event's JSON as stored, as its serialised form."""
-        self._json = text
+        cast("dict[str, Any]", self.__pydantic_private__)["_json"] = text
