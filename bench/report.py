@@ -262,7 +262,9 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
     if n.get("runs"):
         lines.append(
             f"- Figure 4: one partition, {', '.join(f'{v:,} {k}' for k, v in n['sizes'].items())} "
-            f"messages written before the worker starts; {n['episodes']} finished episodes behind the "
+            f"messages and an unmeasured tail of {n.get('tail', 0):,} duplicates (so that the last "
+            "block ends as the others do, not at the final commit tick) written before the worker "
+            f"starts; {n['episodes']} finished episodes behind the "
             "duplicates and resolved notices. Rate = block size / time the committed offset (committed "
             "only after each outcome is durable; every 0.5 s) took to cross the block. The raw "
             "reference reads the same partition with a bare AIOKafkaConsumer (getmany) before and after."

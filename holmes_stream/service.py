@@ -48,7 +48,7 @@ from holmes_stream.schemas import (
 )
 from holmes_stream.schemas.investigations import SCHEMA_VERSION, EventType, construct, utcnow
 from holmes_stream.settings import WorkerSettings
-from holmes_stream.store import Claim, RecordStore
+from holmes_stream.store import Claim, RecordStore, StoredEvent
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -431,7 +431,7 @@ class InvestigationService:
         return [None if s.existing is None else Found(s.existing, s.published) for s in replies]
 
     async def _publish_settled(
-        self, settled: Sequence[tuple[InvestigationRecord, str, ProgressEvent | None]]
+        self, settled: Sequence[tuple[InvestigationRecord, str, StoredEvent | None]]
     ) -> None:
         await self.producers.publish_outcomes(settled)
         # Marked later, not awaited: committing the offsets needs only the results on Kafka. A

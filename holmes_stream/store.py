@@ -24,7 +24,7 @@ from pydantic_core import to_json
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from holmes_stream.schemas import InvestigationRecord, ProgressEvent, Status
-from holmes_stream.schemas.investigations import SCHEMA_VERSION, EventType, construct, utcnow
+from holmes_stream.schemas.investigations import SCHEMA_VERSION, EventType, utcnow
 from holmes_stream.settings import RedisSettings
 
 # Sequence number and stream entry are written together so that a reader resuming from
@@ -80,13 +80,14 @@ return false
 # the outcomes of a batch share most indexes. Returns per outcome {1, existing record, 1 if
 # its result was published} or {0, the terminal event's seq}.
 _SETTLE_NEW = """
-local out, members, ttl = {}, {}, ARGV[2]
+local out, members, ttl, p = {}, {}, ARGV[2], ARGV[4]
 for n, o in ipairs(cjson.decode(ARGV[1])) do
-  local existing = redis.call('GET', o.record_key)
+  local id = o.id
+  local existing = redis.call('GET', p .. 'inv:' .. id)
   if existing then
-    out[n] = {1, existing, redis.call('EXISTS', o.published_key)}
+    out[n] = {1, existing, redis.call('EXISTS', p .. 'pub:' .. id)}
   else
-    redis.call('SET', o.record_key, o.record, 'EX', ttl)
+    redis.call('SET', p .. 'inv:' .. id, o.record, 'EX', ttl)
     for _, index in ipairs(o.index_keys) do
       local m = members[index]
       if not m then
@@ -94,16 +95,17 @@ for n, o in ipairs(cjson.decode(ARGV[1])) do
         members[index] = m
       end
       m[#m + 1] = o.score
-      m[#m + 1] = o.id
+      m[#m + 1] = id
     end
     if o.resolved ~= '' then
-      redis.call('SET', o.resolved_key, o.resolved, 'NX', 'EX', ttl)
+      redis.call('SET', p .. 'resolved:' .. id, o.resolved, 'NX', 'EX', ttl)
     end
-    local seq = redis.call('INCR', o.seq_key)
+    local stream, counter = p .. 'ev:' .. id, p .. 'evseq:' .. id
+    local seq = redis.call('INCR', counter)
     local event = string.gsub(o.event, '"seq":0', '"seq":' .. seq, 1)
-    redis.call('XADD', o.stream_key, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
-    redis.call('EXPIRE', o.stream_key, ttl)
-    redis.call('EXPIRE', o.seq_key, ttl)
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
+    redis.call('EXPIRE', stream, ttl)
+    redis.call('EXPIRE', counter, ttl)
     out[n] = {0, seq}
   end
 end
@@ -169,11 +171,28 @@ class Claim:
     published: bool = False  # a finished record's result reached Kafka (``mark_published``)
 
 
+class StoredEvent(NamedTuple):
+    """An event as a script stored it: what publishing it needs, without a model to build."""
+
+    investigation_id: str
+    seq: int
+    type: str
+    text: str
+
+    def json_text(self) -> str:
+        return self.text
+
+    def model(self) -> ProgressEvent:
+        event = ProgressEvent.model_validate_json(self.text)
+        event.set_json(self.text)
+        return event
+
+
 class Settlement(NamedTuple):
     """What ``settle_many`` did with one outcome: the record it found, or the event it stored."""
 
     existing: InvestigationRecord | None
-    event: ProgressEvent | None
+    event: StoredEvent | None
     # The outcome's record as stored (when ``event`` is not None): sent as it is.
     record_json: str
     published: bool = False  # of ``existing``: as ``Claim.published``
@@ -182,8 +201,12 @@ class Settlement(NamedTuple):
 def _numbered(draft: ProgressEvent, text: str, seq: int) -> ProgressEvent:
     """The draft as a script stored it: the first '"seq":0' (the seq field) numbered."""
     draft.seq = int(seq)
-    draft.set_json(text.replace('"seq":0', f'"seq":{draft.seq}', 1))
+    draft.set_json(_with_seq(text, draft.seq))
     return draft
+
+
+def _with_seq(text: str, seq: int) -> str:
+    return text.replace('"seq":0', f'"seq":{seq}', 1)
 
 
 class RecordStore:
@@ -280,44 +303,43 @@ class RecordStore:
 
         ``outcomes``: (record, event type, event payload). One round trip for all of them.
         """
-        drafts: list[ProgressEvent] = []
+        at = utcnow()  # one moment for the batch, as its records' finished_at
         batch: list[dict[str, Any]] = []
         for record, event_type, payload in outcomes:
             i = record.id
-            # Our own values: no validation needed (``at`` given: see service._new_record).
-            draft = construct(
-                ProgressEvent,
-                schema_version=SCHEMA_VERSION,
-                investigation_id=i,
-                seq=0,
-                type=event_type,
-                payload=payload,
-                at=utcnow(),
-            )
-            drafts.append(draft)
+            # Our own values: the event's JSON as ProgressEvent writes it, without the model.
+            draft = {
+                "schema_version": SCHEMA_VERSION,
+                "investigation_id": i,
+                "seq": 0,
+                "type": event_type,
+                "payload": payload,
+                "at": at,
+            }
             batch.append(
                 {
                     "id": i,
-                    "record_key": self._k("inv", i),
                     "record": record.model_dump_json(),
                     "index_keys": self._index_keys(record),
                     "score": record.created_at.timestamp(),
-                    "resolved_key": self._k("resolved", i),
                     "resolved": record.resolved_at.isoformat() if record.resolved_at else "",
-                    "stream_key": self._k("ev", i),
-                    "seq_key": self._k("evseq", i),
-                    "published_key": self._k("pub", i),
-                    "event": draft.model_dump_json(),
+                    "event": to_json(draft).decode(),
                 }
             )
-        replies = await self._settle_new(args=[to_json(batch), self.ttl, self.events_max_len])
+        replies = await self._settle_new(
+            args=[to_json(batch), self.ttl, self.events_max_len, self.prefix]
+        )
         out: list[Settlement] = []
-        for draft, item, (found, reply, *published) in zip(drafts, batch, replies, strict=True):
+        for (_, event_type, _), item, (found, reply, *published) in zip(
+            outcomes, batch, replies, strict=True
+        ):
             if found:
                 existing = InvestigationRecord.model_validate_json(reply)
                 out.append(Settlement(existing, None, item["record"], bool(published[0])))
             else:
-                out.append(Settlement(None, _numbered(draft, item["event"], reply), item["record"]))
+                seq = int(reply)
+                event = StoredEvent(item["id"], seq, event_type, _with_seq(item["event"], seq))
+                out.append(Settlement(None, event, item["record"]))
         return out
 
     async def get(self, investigation_id: str) -> InvestigationRecord | None:

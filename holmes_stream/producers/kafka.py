@@ -15,6 +15,7 @@ from faststream.kafka import KafkaBroker
 
 from holmes_stream.schemas import SCHEMA_VERSION, InvestigationRecord, ProgressEvent
 from holmes_stream.settings import KafkaSettings
+from holmes_stream.store import StoredEvent
 from holmes_stream.telemetry import Telemetry
 
 PRODUCER_BATCH_BYTES = 512 * 1024
@@ -95,7 +96,7 @@ def _result_correlation(record: InvestigationRecord) -> str:
     return f"{record.id}:{record.status}"
 
 
-def _event_correlation(event: ProgressEvent) -> str:
+def _event_correlation(event: ProgressEvent | StoredEvent) -> str:
     return f"{event.investigation_id}:{event.seq}"
 
 
@@ -187,7 +188,7 @@ class KafkaProducers:
         await self._send_result(record, confirm=True)
 
     async def publish_outcomes(
-        self, settled: Sequence[tuple[InvestigationRecord, str, ProgressEvent | None]]
+        self, settled: Sequence[tuple[InvestigationRecord, str, StoredEvent | None]]
     ) -> None:
         """Records (each with its JSON as stored) and their terminal events (if given), sent
         together; returns once Kafka has the records."""
@@ -197,7 +198,7 @@ class KafkaProducers:
             for record, text, event in settled:
                 acks.append(await self._send_result(record, text, confirm=False))
                 if event is not None:
-                    await self.publish_progress(event, record.fingerprint)
+                    await self.publish_progress(event.model(), record.fingerprint)
             await asyncio.gather(*acks)
             return
         results, progress = self.results.topic, self.progress.topic
@@ -218,7 +219,7 @@ class KafkaProducers:
                 progress,
                 slot,
                 key,
-                event.json_text().encode(),
+                event.text.encode(),
                 _wire(_event_correlation(event), _headers(record.fingerprint, event=event.type)),
             )
         sent = await batches.send()

@@ -1,0 +1,72 @@
+"""The store's batch settling against the real redis-server: every key the one Lua call writes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from redis.asyncio import Redis
+
+from holmes_stream.schemas import Alert, InvestigationRecord, Status
+from holmes_stream.store import RecordStore
+from tests.conftest import load_fixture
+
+
+def skipped(n: int, tenant: str | None = None, resolved: bool = False) -> InvestigationRecord:
+    now = datetime.now(UTC)
+    alert = Alert.model_validate(load_fixture("single-alert.json"))
+    return InvestigationRecord(
+        id=f"inv-{n}",
+        episode_key=f"ep-{n}",
+        fingerprint=f"fp-{n}",
+        tenant=tenant,
+        status=Status.SKIPPED,
+        reason="stale: long ago",
+        alert=alert,
+        created_at=now,
+        finished_at=now,
+        resolved_at=now if resolved else None,
+    )
+
+
+async def test_settle_many_stores_records_indexes_and_numbered_events(stack, uid: str) -> None:
+    redis = Redis.from_url(stack.endpoints()["redis_url"])
+    store = RecordStore(redis, prefix=f"t{uid}:")
+    try:
+        records = [skipped(1), skipped(2, tenant="acme", resolved=True)]
+        await store.append_event(records[0].id, "queued", {})  # the first record's seq 1
+        outcomes = [(r, "skipped", {"status": Status.SKIPPED, "reason": r.reason}) for r in records]
+        settled = await store.settle_many(outcomes)  # type: ignore[arg-type]
+
+        for record, s in zip(records, settled, strict=True):
+            assert s.existing is None and s.event is not None
+            assert s.record_json == record.model_dump_json()
+            assert await store.get(record.id) == record
+            # The event as stored, as published, and as ProgressEvent itself writes it.
+            [stored] = await store.events_after(record.id, s.event.seq - 1)
+            assert stored.model_dump_json() == s.event.text == s.event.model().json_text()
+            assert (stored.type, stored.investigation_id) == ("skipped", record.id)
+            assert stored.payload == {"status": "skipped", "reason": "stale: long ago"}
+        assert [s.event.seq for s in settled if s.event] == [2, 1]
+        assert await redis.ttl(f"t{uid}:ev:inv-1") > 0
+        assert await redis.ttl(f"t{uid}:evseq:inv-2") > 0
+        # Indexes: everything, per fingerprint, per alert name, per tenant.
+        assert await store.list_ids(limit=10) != []
+        assert {m.decode() for m in await redis.zrange(f"t{uid}:idx:all", 0, -1)} == {
+            "inv-1",
+            "inv-2",
+        }
+        assert await redis.zrange(f"t{uid}:idx:tenant:acme", 0, -1) == [b"inv-2"]
+        assert await redis.zrange(f"t{uid}:idx:untenanted", 0, -1) == [b"inv-1"]
+        assert await redis.exists(f"t{uid}:resolved:inv-2")
+        assert not await redis.exists(f"t{uid}:resolved:inv-1")
+
+        # Settled again (a redelivery): the records are found, nothing is written twice.
+        await store.mark_published(["inv-1"])
+        again = await store.settle_many(outcomes)  # type: ignore[arg-type]
+        assert [(s.existing, s.event, s.published) for s in again] == [
+            (records[0], None, True),
+            (records[1], None, False),
+        ]
+        assert len(await store.events_after("inv-2", 0)) == 1
+    finally:
+        await redis.aclose()
