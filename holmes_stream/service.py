@@ -387,7 +387,13 @@ class InvestigationService:
 
     def settles_without_run(self, work: AlertWork, source: Source) -> bool:
         """Resolved or stale: an outcome reached without the LLM."""
-        return work.alert.status == "resolved" or self._staleness(work, source) is not None
+        if work.alert.status == "resolved":
+            return True
+        # _staleness's test without its reason (written once, by whoever settles the alert).
+        horizon = time.time() - self.settings.stale_after_seconds
+        if work.alert.startsAt.timestamp() < horizon:
+            return True
+        return source.timestamp_ms is not None and source.timestamp_ms < horizon * 1000
 
     async def settle_many(self, items: Sequence[tuple[AlertWork, Source]]) -> list[Found | None]:
         """Settle alerts that need no run (resolved, stale) of episodes not known yet, together.
