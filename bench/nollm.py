@@ -30,6 +30,7 @@ from bench.common import (
     log,
     make_settings,
     produce,
+    stack_pids,
     summary,
 )
 from holmes_stream.devstack.stack import LocalStack
@@ -98,8 +99,16 @@ async def raw_consume(bootstrap: str, topic: str, total: int) -> float:
 
 
 async def commit_timeline(
-    bootstrap: str, group: str, topic: str, end: int, timeout: float
+    bootstrap: str,
+    group: str,
+    topic: str,
+    end: int,
+    timeout: float,
+    cpu: CpuMeter | None = None,
+    cpu_samples: list[tuple[float, dict[str, float]]] | None = None,
 ) -> list[tuple[float, int]]:
+    """(time, committed offset) at each change; with ``cpu``, (time, CPU seconds by process)
+    beside each one in ``cpu_samples``."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     tp = TopicPartition(topic, 0)
@@ -113,6 +122,8 @@ async def commit_timeline(
             now = time.perf_counter()
             if not samples or committed != samples[-1][1]:
                 samples.append((now, committed))
+                if cpu is not None and cpu_samples is not None:
+                    cpu_samples.append((now, cpu.stop()))
             if committed >= end:
                 break
             await asyncio.sleep(0.02)
@@ -127,6 +138,28 @@ def _time_at(samples: list[tuple[float, int]], offset: int) -> float | None:
         if o0 <= offset <= o1 and o1 > o0:
             return t0 + (t1 - t0) * (offset - o0) / (o1 - o0)
     return None
+
+
+def block_cpu(
+    samples: list[tuple[float, int]],
+    cpu_samples: list[tuple[float, dict[str, float]]],
+    blocks: list[tuple[str, int, int]],
+) -> dict[str, dict[str, float]]:
+    """Per block, CPU microseconds per message of each process: between the first samples at
+    or after the commit point reached the block's start and its end."""
+
+    def at(offset: int) -> int | None:
+        return next((i for i, (_, o) in enumerate(samples) if o >= offset), None)
+
+    out: dict[str, dict[str, float]] = {}
+    for name, start, end in blocks:
+        i, j = at(start), at(end)
+        if i is None or j is None or j <= i:
+            continue
+        n = samples[j][1] - samples[i][1]
+        a, b = cpu_samples[i][1], cpu_samples[j][1]
+        out[name] = {k: round((b[k] - a[k]) / n * 1e6, 1) for k in b}
+    return out
 
 
 def block_rates(
@@ -180,17 +213,28 @@ async def one_run(stack: LocalStack, work: Path, sizes: dict[str, int], run: int
     raw = [await raw_consume(bootstrap, s.kafka.alerts_topic, len(values))]
     worker = Service("worker", s, work, f"worker-nollm{run}")
     worker.start()
-    meter = CpuMeter({"worker": lambda: worker.pids})
+    infra = stack_pids(stack)
+    meter = CpuMeter(
+        {"worker": lambda: worker.pids, "kafka": infra["kafka"], "redis": infra["redis"]}
+    )
     meter.start()
+    cpu_samples: list[tuple[float, dict[str, float]]] = []
     try:
         samples = await commit_timeline(
-            bootstrap, s.kafka.group_id, s.kafka.alerts_topic, len(values), timeout=240
+            bootstrap,
+            s.kafka.group_id,
+            s.kafka.alerts_topic,
+            len(values),
+            timeout=240,
+            cpu=meter,
+            cpu_samples=cpu_samples,
         )
     finally:
         cpu = meter.stop()
         worker.stop()
     raw.append(await raw_consume(bootstrap, s.kafka.alerts_topic, len(values)))
     rates = block_rates(samples, blocks)
+    cpu_us = block_cpu(samples, cpu_samples, blocks)
     done = samples[-1][1] if samples else 0
     log(
         f"nollm run {run}: { ({k: round(v) if v else v for k, v in rates.items()}) }, "
@@ -198,6 +242,7 @@ async def one_run(stack: LocalStack, work: Path, sizes: dict[str, int], run: int
     )
     return {
         "rates": rates,
+        "cpu_us_per_message": cpu_us,
         "raw": raw,
         "committed": done,
         "total": len(values),
@@ -225,4 +270,9 @@ async def figure_4(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]
             if run["rates"].get(name)
         ]
         out[name] = {"rate": summary(vals, 0), "ratio_to_raw": summary(ratios, 3)}
+        splits = [r["cpu_us_per_message"][name] for r in runs if name in r["cpu_us_per_message"]]
+        if splits:
+            out[name]["cpu_us"] = {
+                k: summary([x[k] for x in splits], 1)["median"] for k in splits[0]
+            }
     return out

@@ -269,6 +269,17 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
             "only after each outcome is durable; every 0.5 s) took to cross the block. The raw "
             "reference reads the same partition with a bare AIOKafkaConsumer (getmany) before and after."
         )
+        cores = os.cpu_count() or 1
+        for name in n["sizes"]:
+            split = n[name].get("cpu_us")
+            if split:
+                total = sum(split.values())
+                lines.append(
+                    f"  - {name}: CPU µs per message "
+                    + ", ".join(f"{k} {v}" for k, v in split.items())
+                    + f"; all together {total:.0f} µs, so {cores} cores allow at most "
+                    f"{cores * 1e6 / total:,.0f}/s (the broker and Redis share the cores)"
+                )
     if h.get("lookup"):
         lines.append(
             f"- Figure 5: load generator bench/loadgen.py (raw asyncio sockets, keep-alive, "
