@@ -76,9 +76,11 @@ return false
 # record, its index entries, the resolution mark and the terminal event in one step, unless a
 # record already exists. ARGV[1]: a JSON array of outcomes (one argument for the whole batch:
 # packing hundreds of keys and arguments costs the client more than this costs Redis), ARGV[2]
-# the TTL, ARGV[3] the stream length cap. Index entries go in one ZADD per index (and chunk):
-# the outcomes of a batch share most indexes. Returns per outcome {1, existing record, 1 if
-# its result was published} or {0, the terminal event's seq}.
+# the TTL, ARGV[3] the stream length cap, ARGV[4] the key prefix: an outcome's own keys are
+# made here from its id, as ``RecordStore._k`` makes them (``tests/test_store.py`` reads them
+# back through the store). Index entries go in one ZADD per index (and chunk): the outcomes of
+# a batch share most indexes. Returns per outcome {1, existing record, 1 if its result was
+# published} or {0, the terminal event's seq}.
 _SETTLE_NEW = """
 local out, members, ttl, p = {}, {}, ARGV[2], ARGV[4]
 for n, o in ipairs(cjson.decode(ARGV[1])) do
@@ -178,9 +180,6 @@ class StoredEvent(NamedTuple):
     seq: int
     type: str
     text: str
-
-    def json_text(self) -> str:
-        return self.text
 
     def model(self) -> ProgressEvent:
         event = ProgressEvent.model_validate_json(self.text)

@@ -6,6 +6,7 @@ from typing import Any
 
 from holmes_stream.producers.kafka import KafkaProducers, make_broker
 from holmes_stream.schemas import Alert, InvestigationRecord, ProgressEvent, Status
+from holmes_stream.store import StoredEvent
 from tests.conftest import collect, make_settings
 
 
@@ -65,7 +66,8 @@ async def test_batched_outcomes_land_as_single_sends_would(stack: Any, uid: str)
             alert=alert,
         )
         event = ProgressEvent(investigation_id=record.id, seq=1, type="skipped", payload={"i": i})
-        settled.append((record, record.model_dump_json(), event))
+        stored = StoredEvent(record.id, 1, "skipped", event.model_dump_json())
+        settled.append((record, record.model_dump_json(), stored))
     try:
         aiokafka_producer = producers._direct()
         assert aiokafka_producer is not None

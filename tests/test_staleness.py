@@ -15,9 +15,8 @@ from holmes_stream.settings import WorkerSettings
 from tests.conftest import load_fixture
 
 WINDOW = 3600
-NOW = datetime.now(UTC)
-# Well inside and outside the window (clear of its edge, which moves while the test runs).
-AGES = [None, timedelta(0), timedelta(seconds=WINDOW - 60), timedelta(seconds=WINDOW + 60)]
+# Well inside and outside the window, measured from when each test runs: clear of its edge.
+AGES = [None, timedelta(0), timedelta(seconds=WINDOW - 600), timedelta(seconds=WINDOW + 600)]
 
 
 def service() -> InvestigationService:
@@ -31,9 +30,10 @@ def service() -> InvestigationService:
 def test_settles_without_run_iff_resolved_or_a_staleness_reason(
     status: str, started_ago: timedelta, produced_ago: timedelta | None
 ) -> None:
-    fields: dict[str, Any] = {"status": status, "startsAt": (NOW - started_ago).isoformat()}
+    now = datetime.now(UTC)
+    fields: dict[str, Any] = {"status": status, "startsAt": (now - started_ago).isoformat()}
     work = AlertWork(Alert.model_validate(load_fixture("single-alert.json") | fields))
-    produced = None if produced_ago is None else int((NOW - produced_ago).timestamp() * 1000)
+    produced = None if produced_ago is None else int((now - produced_ago).timestamp() * 1000)
     source = Source("alerts", 0, 1, timestamp_ms=produced)
     svc = service()
     reason = svc._staleness(work, source)
