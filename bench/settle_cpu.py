@@ -41,15 +41,8 @@ async def main(n: int, rounds: int) -> None:
     settings = Settings()
     store = RecordStore(Redis(), "bench:")
 
-    connection = store.redis.connection_pool.connection_class()
-
     async def settle_new(args: list[Any]) -> list[list[int]]:
-        # What redis-py does with them before they reach the socket, then one reply each.
-        connection.pack_command("EVALSHA", "0" * 40, 0, *args)
-        i, n = 3, 0
-        while i < len(args):
-            i, n = i + 6 + args[i + 5], n + 1
-        return [[0, 1]] * n
+        return [[0, 1]] * len(json.loads(args[0]))
 
     store._settle_new = settle_new  # type: ignore[method-assign]
 

@@ -74,53 +74,46 @@ return false
 
 # Outcomes reached without running anything (stale, resolved before known): per outcome, the
 # record, its index entries, the resolution mark and the terminal event in one step, unless a
-# record already exists. ARGV: the TTL, the key prefix, the stream length cap, then per outcome
-# its id, record, score, resolution ('' if none), terminal event (its seq written as 0), the
-# number of its index keys and those keys. An outcome's own keys are made here from its id, as
-# ``RecordStore._k`` makes them (``tests/test_store.py`` reads them back through the store).
-# Plain arguments, not one JSON document: Redis then neither unescapes nor copies the records
-# twice (measured: a sixth less of Redis's CPU per outcome). Index entries go in one ZADD per
-# index (and chunk): the outcomes of a batch share most indexes. Returns per outcome
-# {1, existing record, 1 if its result was published} or {0, the terminal event's seq}.
+# record already exists. ARGV[1]: a JSON array of outcomes (one argument for the whole batch:
+# packing hundreds of keys and arguments costs the client more than this costs Redis), ARGV[2]
+# the TTL, ARGV[3] the stream length cap, ARGV[4] the key prefix: an outcome's own keys are
+# made here from its id, as ``RecordStore._k`` makes them (``tests/test_store.py`` reads them
+# back through the store). Index entries go in one ZADD per index (and chunk): the outcomes of
+# a batch share most indexes. Returns per outcome {1, existing record, 1 if its result was
+# published} or {0, the terminal event's seq}.
 _SETTLE_NEW = """
-local out, members, ttl, p, maxlen = {}, {}, ARGV[1], ARGV[2], ARGV[3]
-local i, n = 4, 0
-while i <= #ARGV do
-  n = n + 1
-  local id, score, nidx = ARGV[i], ARGV[i + 2], tonumber(ARGV[i + 5])
+local out, members, ttl, p = {}, {}, ARGV[2], ARGV[4]
+for n, o in ipairs(cjson.decode(ARGV[1])) do
+  local id = o.id
   local existing = redis.call('GET', p .. 'inv:' .. id)
   if existing then
     out[n] = {1, existing, redis.call('EXISTS', p .. 'pub:' .. id)}
   else
-    redis.call('SET', p .. 'inv:' .. id, ARGV[i + 1], 'EX', ttl)
-    for j = i + 6, i + 5 + nidx do
-      local m = members[ARGV[j]]
+    redis.call('SET', p .. 'inv:' .. id, o.record, 'EX', ttl)
+    for _, index in ipairs(o.index_keys) do
+      local m = members[index]
       if not m then
         m = {}
-        members[ARGV[j]] = m
+        members[index] = m
       end
-      m[#m + 1] = score
+      m[#m + 1] = o.score
       m[#m + 1] = id
     end
-    if ARGV[i + 3] ~= '' then
-      redis.call('SET', p .. 'resolved:' .. id, ARGV[i + 3], 'NX', 'EX', ttl)
+    if o.resolved ~= '' then
+      redis.call('SET', p .. 'resolved:' .. id, o.resolved, 'NX', 'EX', ttl)
     end
     local stream, counter = p .. 'ev:' .. id, p .. 'evseq:' .. id
-    local seq = 1
-    if not redis.call('SET', counter, 1, 'NX', 'EX', ttl) then
-      seq = redis.call('INCR', counter)
-      redis.call('EXPIRE', counter, ttl)
-    end
-    local event = string.gsub(ARGV[i + 4], '"seq":0', '"seq":' .. seq, 1)
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, seq .. '-0', 'e', event)
+    local seq = redis.call('INCR', counter)
+    local event = string.gsub(o.event, '"seq":0', '"seq":' .. seq, 1)
+    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
     redis.call('EXPIRE', stream, ttl)
+    redis.call('EXPIRE', counter, ttl)
     out[n] = {0, seq}
   end
-  i = i + 6 + nidx
 end
 for index, m in pairs(members) do
-  for k = 1, #m, 1000 do
-    redis.call('ZADD', index, unpack(m, k, math.min(k + 999, #m)))
+  for i = 1, #m, 1000 do
+    redis.call('ZADD', index, unpack(m, i, math.min(i + 999, #m)))
   end
   redis.call('EXPIRE', index, ttl)
 end
@@ -310,8 +303,7 @@ class RecordStore:
         ``outcomes``: (record, event type, event payload). One round trip for all of them.
         """
         at = utcnow()  # one moment for the batch, as its records' finished_at
-        args: list[Any] = [self.ttl, self.prefix, self.events_max_len]
-        sent: list[tuple[str, str, str]] = []  # per outcome: id, record, event as sent
+        batch: list[dict[str, Any]] = []
         for record, event_type, payload in outcomes:
             i = record.id
             # Our own values: the event's JSON as ProgressEvent writes it, without the model.
@@ -323,24 +315,30 @@ class RecordStore:
                 "payload": payload,
                 "at": at,
             }
-            text, event = record.model_dump_json(), to_json(draft).decode()
-            index_keys = self._index_keys(record)
-            resolved = record.resolved_at.isoformat() if record.resolved_at else ""
-            args += [i, text, record.created_at.timestamp(), resolved, event, len(index_keys)]
-            args += index_keys
-            sent.append((i, text, event))
-        replies = await self._settle_new(args=args)
+            batch.append(
+                {
+                    "id": i,
+                    "record": record.model_dump_json(),
+                    "index_keys": self._index_keys(record),
+                    "score": record.created_at.timestamp(),
+                    "resolved": record.resolved_at.isoformat() if record.resolved_at else "",
+                    "event": to_json(draft).decode(),
+                }
+            )
+        replies = await self._settle_new(
+            args=[to_json(batch), self.ttl, self.events_max_len, self.prefix]
+        )
         out: list[Settlement] = []
-        for (_, event_type, _), (i, text, event), (found, reply, *published) in zip(
-            outcomes, sent, replies, strict=True
+        for (_, event_type, _), item, (found, reply, *published) in zip(
+            outcomes, batch, replies, strict=True
         ):
             if found:
                 existing = InvestigationRecord.model_validate_json(reply)
-                out.append(Settlement(existing, None, text, bool(published[0])))
+                out.append(Settlement(existing, None, item["record"], bool(published[0])))
             else:
                 seq = int(reply)
-                stored = StoredEvent(i, seq, event_type, _with_seq(event, seq))
-                out.append(Settlement(None, stored, text))
+                event = StoredEvent(item["id"], seq, event_type, _with_seq(item["event"], seq))
+                out.append(Settlement(None, event, item["record"]))
         return out
 
     async def get(self, investigation_id: str) -> InvestigationRecord | None:
