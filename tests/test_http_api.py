@@ -149,6 +149,60 @@ async def test_submit_lookup_list_filter_paginate_cancel(
         assert_problem(await client.get("/api/v1/investigations/nope/events"), 404, "nope")
 
 
+async def test_submit_refuses_a_model_or_toolset_no_worker_would_run(
+    settings: Settings, uid: str, start_api
+) -> None:
+    from redis.asyncio import Redis
+
+    from holmes_stream.engine.catalog import catalog_key
+
+    api = await start_api(settings)
+
+    def request(i: int, **choices: Any) -> dict[str, Any]:
+        return {"kind": "investigation_request", "alert": alert(uid, i), **choices}
+
+    configured = settings.llm.model_entries()[0]
+    async with httpx.AsyncClient(base_url=api, timeout=30) as client:
+        submit = client.post
+        assert_problem(
+            await submit("/api/v1/investigations", json=request(0, model="gpt-nope")),
+            422,
+            "model: 'gpt-nope' is not configured",
+            configured.name,
+        )
+        for i, model in enumerate((configured.name, configured.model), start=1):
+            ok = await submit("/api/v1/investigations", json=request(i, model=model))
+            assert ok.status_code == 202, ok.text
+        # No worker has listed its toolsets yet: the worker that takes the request decides.
+        ok = await submit("/api/v1/investigations", json=request(3, toolsets=["nope"]))
+        assert ok.status_code == 202, ok.text
+
+        redis = Redis.from_url(settings.redis.url)
+        catalog = {
+            "toolsets": [
+                {"name": "investigation_history", "status": "enabled", "enabled": True},
+                {"name": "kubernetes/core", "status": "disabled", "enabled": False},
+            ]
+        }
+        await redis.set(catalog_key(settings.redis.key_prefix), json.dumps(catalog))
+        await redis.aclose()
+        for i, toolsets in enumerate((["kubernetes/core"], ["investigation_history", "nope"])):
+            assert_problem(
+                await submit("/api/v1/investigations", json=request(4 + i, toolsets=toolsets)),
+                422,
+                "toolsets: not enabled",
+                toolsets[-1],
+                "(enabled: investigation_history)",
+            )
+        ok = await submit(
+            "/api/v1/investigations", json=request(6, toolsets=["investigation_history"])
+        )
+        assert ok.status_code == 202, ok.text
+        # Nothing refused reached Kafka as a record either.
+        listed = (await client.get("/api/v1/investigations", params={"limit": 50})).json()
+        assert len(listed["items"]) == 4
+
+
 async def test_errors_are_problems_naming_the_field(stack, uid: str, start_api) -> None:
     settings = make_settings(stack, uid)
     settings.api.max_body_bytes = 20_000

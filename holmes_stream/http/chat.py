@@ -31,6 +31,7 @@ from holmes_stream.chat import (
     ChatService,
     ChatTurn,
 )
+from holmes_stream.http.choices import check_model
 from holmes_stream.http.investigations import (
     AccessToken,
     InvestigationId,
@@ -70,17 +71,6 @@ def _principal(request: Request[Any, Any, Any]) -> Principal:
 
 def _chat(state: State) -> ChatService:
     return ChatService(state.service, state.settings.llm.timeout_seconds)
-
-
-def check_model(state: State, model: str | None) -> None:
-    """A follow-up may choose a configured model (by name or litellm model), nothing else."""
-    if model is None:
-        return
-    entries = state.settings.llm.model_entries()
-    if any(model in (e.name, e.model) for e in entries):
-        return
-    allowed = ", ".join(e.name for e in entries)
-    raise Problem(422, "Invalid request", f"model: {model!r} is not configured ({allowed})")
 
 
 def _base_url(request: Request[Any, Any, Any]) -> str:

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from holmes_stream import metrics
 from holmes_stream.auth import READ, WRITE, Authenticator, Principal
+from holmes_stream.http.choices import check_model, check_toolsets
 from holmes_stream.http.middleware import DIRECT, Direct
 from holmes_stream.http.problems import Problem
 from holmes_stream.http.security import SECURITY, authorize, requires
@@ -224,7 +225,9 @@ class InvestigationController(Controller):
             ' `{"kind": "investigation_request", "alert": {...}, "question": ...,'
             ' "model": ..., "toolsets": [...]}`. Answers 202 with the investigation ids'
             " (deterministic per firing episode, tenant-prefixed for tenant callers) and a"
-            " Location header; 503 with Retry-After when Kafka does not take the message."
+            " Location header; 422 for an invalid payload, a model that is not configured or"
+            " a toolset the workers have not enabled (as `GET /api/v1/toolsets` lists them);"
+            " 503 with Retry-After when Kafka does not take the message."
         ),
         guards=[requires(WRITE)],
     )
@@ -235,7 +238,12 @@ class InvestigationController(Controller):
             dict[str, Any], Body(description="Alert, webhook v4 group or investigation request")
         ],
     ) -> Response[SubmitResponse]:
-        return await submit_works(request, works_of(data, _principal(request)))
+        works = works_of(data, _principal(request))
+        state = request.app.state
+        for model in {w.model for w in works}:
+            check_model(state, model)
+        await check_toolsets(state, (t for w in works for t in w.toolsets or ()))
+        return await submit_works(request, works)
 
     @get(
         "/{investigation_id:str}",
