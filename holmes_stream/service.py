@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
@@ -387,13 +387,7 @@ class InvestigationService:
 
     def settles_without_run(self, work: AlertWork, source: Source) -> bool:
         """Resolved or stale: an outcome reached without the LLM."""
-        if work.alert.status == "resolved":
-            return True
-        # _staleness's test without its reason (written once, by whoever settles the alert).
-        horizon = time.time() - self.settings.stale_after_seconds
-        if work.alert.startsAt.timestamp() < horizon:
-            return True
-        return source.timestamp_ms is not None and source.timestamp_ms < horizon * 1000
+        return work.alert.status == "resolved" or self._staleness(work, source) is not None
 
     async def settle_many(self, items: Sequence[tuple[AlertWork, Source]]) -> list[Found | None]:
         """Settle alerts that need no run (resolved, stale) of episodes not known yet, together.
@@ -526,14 +520,15 @@ class InvestigationService:
     def _staleness(
         self, work: AlertWork, source: Source, now: datetime | None = None
     ) -> str | None:
-        window = timedelta(seconds=self.settings.stale_after_seconds)
-        now = now or utcnow()
-        if work.alert.startsAt < now - window:
-            return f"stale: started firing at {work.alert.startsAt.isoformat()}, before the window"
-        if source.timestamp_ms is not None:
-            produced = datetime.fromtimestamp(source.timestamp_ms / 1000, UTC)
-            if produced < now - window:
-                return f"stale: reached Kafka at {produced.isoformat()}, before the window"
+        # Compared as timestamps: datetimes are built only for the reason of a stale alert.
+        horizon = (now or utcnow()).timestamp() - self.settings.stale_after_seconds
+        started = work.alert.startsAt
+        if started.timestamp() < horizon:
+            return f"stale: started firing at {started.isoformat()}, before the window"
+        produced_ms = source.timestamp_ms
+        if produced_ms is not None and produced_ms < horizon * 1000:
+            produced = datetime.fromtimestamp(produced_ms / 1000, UTC)
+            return f"stale: reached Kafka at {produced.isoformat()}, before the window"
         return None
 
     async def note_resolutions(self, items: Sequence[tuple[Found, AlertWork]]) -> None:

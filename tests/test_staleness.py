@@ -1,5 +1,5 @@
-"""Which alerts settle without an LLM run: the quick test the dispatcher uses agrees with the
-reason the record is given."""
+"""Which alerts settle without an LLM run, and the staleness reason their record is given: by
+when the alert started firing and when it reached Kafka, either side of the window."""
 
 from __future__ import annotations
 
