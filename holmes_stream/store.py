@@ -302,7 +302,7 @@ class RecordStore:
 
         ``outcomes``: (record, event type, event payload). One round trip for all of them.
         """
-        at = utcnow()  # one moment for the batch, as its records' finished_at
+        at = utcnow()  # one moment for the whole batch (its records share one finished_at too)
         batch: list[dict[str, Any]] = []
         for record, event_type, payload in outcomes:
             i = record.id
