@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from holmes_stream.devstack.process import kill_orphans_of, pid_alive
 from holmes_stream.devstack.scripted_llm import ScriptedLLM
 from holmes_stream.devstack.stack import LocalStack
 from holmes_stream.settings import (
@@ -39,6 +40,9 @@ from holmes_stream.settings import (
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"
+# Everything this test session starts (the stack, private LLMs, workers) inherits this tag, so
+# that the next session can stop what a killed one left running.
+SESSION_TAG = "HS_TEST_SESSION"  # not HOLMES_STREAM_*: settings_env drops those
 FIXTURES = ROOT / "holmes_stream" / "fixtures"
 
 
@@ -46,6 +50,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop what killed test sessions left running (their stacks, LLMs, workers), then tag
+    everything this session will start."""
+    if orphans := kill_orphans_of(SESSION_TAG, owner_marker="pytest"):
+        print(f"\nkilled {len(orphans)} processes left running by killed test sessions")
+    for stale in ARTIFACTS.glob("stack-*"):
+        owner = stale.name.removeprefix("stack-")
+        if owner.isdigit() and not pid_alive(int(owner), "pytest"):
+            shutil.rmtree(stale, ignore_errors=True)
+    os.environ[SESSION_TAG] = str(os.getpid())
 
 
 @pytest.fixture(scope="session")

@@ -222,3 +222,41 @@ class ManagedProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(timeout=30)
             self._proc = None
+
+
+def tagged_processes(name: str) -> dict[int, str]:
+    """Our processes whose environment has the variable ``name``: pid → its value.
+
+    A variable set in a process is inherited by everything it starts, however it starts it (a
+    broker, a server, a child's child), so it tells what belongs to whom after the owner died.
+    """
+    prefix = name.encode() + b"="
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        for item in environ.split(b"\0"):
+            if item.startswith(prefix):
+                found[int(entry.name)] = item[len(prefix) :].decode(errors="replace")
+                break
+    return found
+
+
+def kill_orphans_of(name: str, owner_marker: Marker) -> list[int]:
+    """SIGKILL the processes tagged ``name=<pid>`` whose owner (that pid, its command line
+    naming ``owner_marker``) is gone: what a killed session left running. Those of a live
+    owner, this process's included, are left alone. Returns once the killed ones are gone."""
+    killed = []
+    for pid, owner in tagged_processes(name).items():
+        if pid == os.getpid() or not owner.isdigit() or pid_alive(int(owner), owner_marker):
+            continue
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+    for pid in killed:
+        wait_for_exit(pid, None, timeout=10)
+    return killed

@@ -82,7 +82,7 @@ class RedisServer(ManagedProcess):
 
     @property
     def _marker(self) -> tuple[str, str]:
-        # Redis soon rewrites its process title from "redis-server CONF" to "... HOST:PORT".
+        # A Redis started from an older config (set-proc-title on) shows "... HOST:PORT".
         return (str(self._conf), f"{self.host}:{self.port}")
 
     def start(self, timeout: float = 30) -> None:
@@ -115,6 +115,9 @@ class RedisServer(ManagedProcess):
             "appendfsync": "everysec",
             # The AOF is the persistence; RDB snapshots would only add fork pauses.
             "save": '""',
+            # A rewritten process title overwrites the environment /proc shows, and with it
+            # the tag that lets a test session stop what a killed one left running.
+            "set-proc-title": "no",
             "protected-mode": "yes",
         }
         self._conf.write_text("".join(f"{k} {v}\n" for k, v in conf.items()))
