@@ -104,15 +104,15 @@ async def commit_timeline(
     topic: str,
     end: int,
     timeout: float,
-    cpu: CpuMeter | None = None,
-    cpu_samples: list[tuple[float, dict[str, float]]] | None = None,
-) -> list[tuple[float, int]]:
-    """(time, committed offset) at each change; with ``cpu``, (time, CPU seconds by process)
-    beside each one in ``cpu_samples``."""
+    cpu: CpuMeter,
+) -> tuple[list[tuple[float, int]], list[tuple[float, dict[str, float]]]]:
+    """(time, committed offset) at each change, and beside each (time, CPU seconds by process
+    since ``cpu`` started)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     tp = TopicPartition(topic, 0)
     samples: list[tuple[float, int]] = []
+    cpu_samples: list[tuple[float, dict[str, float]]] = []
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -122,14 +122,13 @@ async def commit_timeline(
             now = time.perf_counter()
             if not samples or committed != samples[-1][1]:
                 samples.append((now, committed))
-                if cpu is not None and cpu_samples is not None:
-                    cpu_samples.append((now, cpu.stop()))
+                cpu_samples.append((now, cpu.stop()))
             if committed >= end:
                 break
             await asyncio.sleep(0.02)
     finally:
         await admin.close()
-    return samples
+    return samples, cpu_samples
 
 
 def _time_at(samples: list[tuple[float, int]], offset: int) -> float | None:
@@ -218,16 +217,9 @@ async def one_run(stack: LocalStack, work: Path, sizes: dict[str, int], run: int
         {"worker": lambda: worker.pids, "kafka": infra["kafka"], "redis": infra["redis"]}
     )
     meter.start()
-    cpu_samples: list[tuple[float, dict[str, float]]] = []
     try:
-        samples = await commit_timeline(
-            bootstrap,
-            s.kafka.group_id,
-            s.kafka.alerts_topic,
-            len(values),
-            timeout=240,
-            cpu=meter,
-            cpu_samples=cpu_samples,
+        samples, cpu_samples = await commit_timeline(
+            bootstrap, s.kafka.group_id, s.kafka.alerts_topic, len(values), timeout=240, cpu=meter
         )
     finally:
         cpu = meter.stop()
