@@ -46,7 +46,12 @@ from holmes_stream.schemas import (
     ProgressEvent,
     Status,
 )
-from holmes_stream.schemas.investigations import SCHEMA_VERSION, EventType, construct, utcnow
+from holmes_stream.schemas.investigations import (
+    SCHEMA_VERSION,
+    construct,
+    terminal_event,
+    utcnow,
+)
 from holmes_stream.settings import WorkerSettings
 from holmes_stream.store import Claim, RecordStore, StoredEvent
 
@@ -126,16 +131,6 @@ class Outcome(StrEnum):
     DEAD_LETTERED = "dead_lettered"
     BUDGET_EXCEEDED = "budget_exceeded"
     RESOLVED_NOTED = "resolved_noted"
-
-
-def _terminal_event(record: InvestigationRecord) -> tuple[str, dict[str, Any]]:
-    """The event that tells followers a record reached its outcome."""
-    payload: dict[str, Any] = {"status": record.status}
-    if record.reason:
-        payload["reason"] = record.reason
-    if record.error:
-        payload["error"] = record.error
-    return ("failed" if record.status is Status.DEAD_LETTERED else str(record.status)), payload
 
 
 _STATUS_OUTCOME = {
@@ -392,12 +387,12 @@ class InvestigationService:
     async def settle_many(self, items: Sequence[tuple[AlertWork, Source]]) -> list[Found | None]:
         """Settle alerts that need no run (resolved, stale) of episodes not known yet, together.
 
-        One Redis round trip stores every record with its terminal event, then their results
-        and events go to Kafka together. Per item: the episode's existing record, for ``handle``
-        to take on, or None when the item is settled (skipped).
+        One Redis round trip stores every record (its terminal event is derived from it), then
+        their results and terminal events go to Kafka together. Per item: the episode's
+        existing record, for ``handle`` to take on, or None when the item is settled (skipped).
         """
         now = utcnow()
-        outcomes: list[tuple[InvestigationRecord, EventType, dict[str, Any]]] = []
+        records: list[InvestigationRecord] = []
         for work, source in items:
             alert = work.alert
             reason: str | None
@@ -405,21 +400,21 @@ class InvestigationService:
                 resolved_at, reason = alert.endsAt or now, _UNKNOWN_EPISODE_RESOLVED
             else:
                 resolved_at, reason = None, self._staleness(work, source, now)
-            record = self._new_record(
-                work,
-                source,
-                status=Status.SKIPPED,
-                reason=reason,
-                created_at=now,
-                finished_at=now,
-                resolved_at=resolved_at,
+            records.append(
+                self._new_record(
+                    work,
+                    source,
+                    status=Status.SKIPPED,
+                    reason=reason,
+                    created_at=now,
+                    finished_at=now,
+                    resolved_at=resolved_at,
+                )
             )
-            # Our own words and timestamps: nothing in it to redact.
-            outcomes.append((record, "skipped", {"status": Status.SKIPPED, "reason": reason}))
-        replies = await self.store.settle_many(outcomes)
+        replies = await self.store.settle_many(records)
         settled = [
             (record, settled.record_json, settled.event)
-            for (record, _, _), settled in zip(outcomes, replies, strict=True)
+            for record, settled in zip(records, replies, strict=True)
             if settled.event is not None
         ]
         if settled:
@@ -463,7 +458,7 @@ class InvestigationService:
 
         async def publish() -> None:
             await self.producers.publish_result(record)
-            await self.write_event(record, *_terminal_event(record), published=True)
+            await self.write_event(record, *terminal_event(record), published=True)
 
         await self._durably(publish)
 
@@ -817,7 +812,7 @@ class InvestigationService:
         await self.store.put(record, release_lease_of=self._leases.get(record.id))
         self._leases.pop(record.id, None)
         await self.producers.publish_result(record)
-        await self.write_event(record, *_terminal_event(record), published=True)
+        await self.write_event(record, *terminal_event(record), published=True)
 
     async def _publish_outcomes(self, records: Sequence[InvestigationRecord]) -> None:
         """``_publish_outcome`` of records no lease of ours covers, together."""
@@ -826,7 +821,7 @@ class InvestigationService:
             [(record, text, None) for record, text in zip(records, texts, strict=True)]
         )
         await asyncio.gather(
-            *(self.write_event(r, *_terminal_event(r), published=True) for r in records)
+            *(self.write_event(r, *terminal_event(r), published=True) for r in records)
         )
 
     async def emit(

@@ -4,6 +4,7 @@ Keys (prefix ``p``, default ``hs:``):
 - ``{p}inv:{id}``            the investigation record (JSON); the id is the episode key
 - ``{p}lease:{id}``          which worker runs the episode now; expires unless renewed
 - ``{p}ev:{id}``             progress events, a Redis stream whose entry ids are ``{seq}-0``
+                             (none for a record that never ran: see ``replay``)
 - ``{p}evseq:{id}``          the last sequence number given out
 - ``{p}idx:{all|fp|alertname|ns|tenant|untenanted}[:{value}]``  sorted sets of ids scored by
   creation time
@@ -24,7 +25,12 @@ from pydantic_core import to_json
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from holmes_stream.schemas import InvestigationRecord, ProgressEvent, Status
-from holmes_stream.schemas.investigations import SCHEMA_VERSION, EventType, utcnow
+from holmes_stream.schemas.investigations import (
+    SCHEMA_VERSION,
+    derived_events,
+    never_ran,
+    terminal_event,
+)
 from holmes_stream.settings import RedisSettings
 
 # Sequence number and stream entry are written together so that a reader resuming from
@@ -73,14 +79,18 @@ return false
 """
 
 # Outcomes reached without running anything (stale, resolved before known): per outcome, the
-# record, its index entries, the resolution mark and the terminal event in one step, unless a
-# record already exists. ARGV[1]: a JSON array of outcomes (one argument for the whole batch:
-# packing hundreds of keys and arguments costs the client more than this costs Redis), ARGV[2]
-# the TTL, ARGV[3] the stream length cap, ARGV[4] the key prefix: an outcome's own keys are
-# made here from its id, as ``RecordStore._k`` makes them (``tests/test_store.py`` reads them
-# back through the store). Index entries go in one ZADD per index (and chunk): the outcomes of
-# a batch share most indexes. Returns per outcome {1, existing record, 1 if its result was
-# published} or {0, the terminal event's seq}.
+# record, its index entries and the resolution mark in one step, unless a record already
+# exists. Its terminal event is not stored: it is the record's only event and derived from it
+# on reading (``schemas.derived_events``), which spares Redis a stream and a counter per
+# outcome, more than half of its work and memory here. Only where events of that id are
+# stored already (a record gone before its stream) is it appended to them. ARGV[1]: a JSON
+# array of outcomes (one argument for the whole batch: packing hundreds of keys and arguments
+# costs the client more than this costs Redis), ARGV[2] the TTL, ARGV[3] the stream length
+# cap, ARGV[4] the key prefix: an outcome's own keys are made here from its id, as
+# ``RecordStore._k`` makes them (``tests/test_store.py`` reads them back through the store).
+# Index entries go in one ZADD per index (and chunk): the outcomes of a batch share most
+# indexes. Returns per outcome {1, existing record, 1 if its result was published} or {0, the
+# terminal event's seq}: 1 when derived.
 _SETTLE_NEW = """
 local out, members, ttl, p = {}, {}, ARGV[2], ARGV[4]
 for n, o in ipairs(cjson.decode(ARGV[1])) do
@@ -102,12 +112,15 @@ for n, o in ipairs(cjson.decode(ARGV[1])) do
     if o.resolved ~= '' then
       redis.call('SET', p .. 'resolved:' .. id, o.resolved, 'NX', 'EX', ttl)
     end
-    local stream, counter = p .. 'ev:' .. id, p .. 'evseq:' .. id
-    local seq = redis.call('INCR', counter)
-    local event = string.gsub(o.event, '"seq":0', '"seq":' .. seq, 1)
-    redis.call('XADD', stream, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
-    redis.call('EXPIRE', stream, ttl)
-    redis.call('EXPIRE', counter, ttl)
+    local stream, seq = p .. 'ev:' .. id, 1
+    if redis.call('EXISTS', stream) == 1 then
+      local counter = p .. 'evseq:' .. id
+      seq = redis.call('INCR', counter)
+      local event = string.gsub(o.event, '"seq":1', '"seq":' .. seq, 1)
+      redis.call('XADD', stream, 'MAXLEN', '~', ARGV[3], seq .. '-0', 'e', event)
+      redis.call('EXPIRE', stream, ttl)
+      redis.call('EXPIRE', counter, ttl)
+    end
     out[n] = {0, seq}
   end
 end
@@ -200,12 +213,8 @@ class Settlement(NamedTuple):
 def _numbered(draft: ProgressEvent, text: str, seq: int) -> ProgressEvent:
     """The draft as a script stored it: the first '"seq":0' (the seq field) numbered."""
     draft.seq = int(seq)
-    draft.set_json(_with_seq(text, draft.seq))
+    draft.set_json(text.replace('"seq":0', f'"seq":{draft.seq}', 1))
     return draft
-
-
-def _with_seq(text: str, seq: int) -> str:
-    return text.replace('"seq":0', f'"seq":{seq}', 1)
 
 
 class RecordStore:
@@ -295,25 +304,27 @@ class RecordStore:
             published=bool(published),
         )
 
-    async def settle_many(
-        self, outcomes: Sequence[tuple[InvestigationRecord, EventType, dict[str, Any]]]
-    ) -> list[Settlement]:
-        """Store terminal records, each with its terminal event, unless a record exists.
+    async def settle_many(self, records: Sequence[InvestigationRecord]) -> list[Settlement]:
+        """Store terminal records that never ran (``never_ran``) unless a record exists for
+        their ids. One round trip for all of them.
 
-        ``outcomes``: (record, event type, event payload). One round trip for all of them.
+        Each stored one comes back with its terminal event (as ``derived_events`` derives it,
+        unless an older stream of its id numbers it further), for the progress topic.
         """
-        at = utcnow()  # one moment for the whole batch (its records share one finished_at too)
         batch: list[dict[str, Any]] = []
-        for record, event_type, payload in outcomes:
+        types: list[str] = []
+        for record in records:
             i = record.id
-            # Our own values: the event's JSON as ProgressEvent writes it, without the model.
+            type_, payload = terminal_event(record)
+            types.append(type_)
+            # The event's JSON as ProgressEvent writes it, without building the model.
             draft = {
                 "schema_version": SCHEMA_VERSION,
                 "investigation_id": i,
-                "seq": 0,
-                "type": event_type,
+                "seq": 1,
+                "type": type_,
                 "payload": payload,
-                "at": at,
+                "at": record.finished_at or record.created_at,
             }
             batch.append(
                 {
@@ -329,15 +340,15 @@ class RecordStore:
             args=[to_json(batch), self.ttl, self.events_max_len, self.prefix]
         )
         out: list[Settlement] = []
-        for (_, event_type, _), item, (found, reply, *published) in zip(
-            outcomes, batch, replies, strict=True
-        ):
+        for item, kind, (found, reply, *published) in zip(batch, types, replies, strict=True):
             if found:
                 existing = InvestigationRecord.model_validate_json(reply)
                 out.append(Settlement(existing, None, item["record"], bool(published[0])))
             else:
-                seq = int(reply)
-                event = StoredEvent(item["id"], seq, event_type, _with_seq(item["event"], seq))
+                seq, text = int(reply), item["event"]
+                if seq != 1:
+                    text = text.replace('"seq":1', f'"seq":{seq}', 1)
+                event = StoredEvent(item["id"], seq, kind, text)
                 out.append(Settlement(None, event, item["record"]))
         return out
 
@@ -487,8 +498,17 @@ class RecordStore:
         return bool(await self.redis.exists(self._k("pub", investigation_id)))
 
     async def events_after(self, investigation_id: str, seq: int) -> list[ProgressEvent]:
+        """The stored events after ``seq`` (see ``replay`` for those of a record)."""
         rows = await self.redis.xrange(self._k("ev", investigation_id), min=f"({seq}-0", max="+")
         return [ProgressEvent.model_validate_json(fields[b"e"]) for _, fields in rows]
+
+    async def replay(self, record: InvestigationRecord, seq: int) -> list[ProgressEvent]:
+        """``record``'s events after ``seq``: those stored, or if it never ran and has none
+        stored, the one derived from it (``settle_many`` stores none)."""
+        events = await self.events_after(record.id, seq)
+        if not events and seq < 1 and never_ran(record):
+            return derived_events(record)
+        return events
 
     async def wait_events(
         self, investigation_id: str, seq: int, block_ms: int

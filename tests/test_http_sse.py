@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from holmes_stream.schemas import Status
+from holmes_stream.schemas import Alert, InvestigationRecord, Status
 from holmes_stream.schemas.investigations import utcnow
 from holmes_stream.settings import Settings
 from holmes_stream.store import RecordStore
@@ -210,5 +210,40 @@ async def test_many_clients_share_one_blocking_reader(
                 await store.append_event(inv, "completed", {"status": "completed"})
             await asyncio.wait_for(asyncio.gather(*tasks), 30)
         assert all(r == ["started", "completed"] for r in received)
+    finally:
+        await store.redis.aclose()
+
+
+async def test_a_record_that_never_ran_tells_its_outcome(
+    settings: Settings, uid: str, start_api
+) -> None:
+    """Stale alerts and resolutions of unknown episodes store no events: the stream tells the
+    terminal event derived from the record, as it went to the progress topic."""
+    api = await start_api(settings)
+    store = store_for(settings)
+    alert = Alert.model_validate(fresh(load_fixture("single-alert.json"), f"{uid}n"))
+    try:
+        settled = []
+        for n, finished in enumerate((utcnow(), utcnow() - timedelta(seconds=30))):
+            record = InvestigationRecord(
+                id=f"{uid}-never-{n}",
+                episode_key=f"ep-{uid}-{n}",
+                fingerprint=alert.identity(),
+                status=Status.SKIPPED,
+                reason="stale: long ago",
+                alert=alert,
+                created_at=finished,
+                finished_at=finished,
+            )
+            [s] = await store.settle_many([record])
+            assert s.event is not None
+            settled.append((record, s.event))
+        for record, published in settled:  # just finished, and long ago
+            url = f"{api}/api/v1/investigations/{record.id}/events"
+            events, _, ended = await read_sse(url, timeout=5)
+            assert ended and [(e["id"], e["event"]) for e in events] == [("1", "skipped")]
+            assert json.loads(events[0]["data"]) == json.loads(published.text)
+            events, _, ended = await read_sse(url, headers={"Last-Event-ID": "1"}, timeout=5)
+            assert ended and events == []
     finally:
         await store.redis.aclose()

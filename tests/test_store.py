@@ -28,33 +28,41 @@ def skipped(n: int, tenant: str | None = None, resolved: bool = False) -> Invest
     )
 
 
-async def test_settle_many_stores_records_indexes_and_numbered_events(stack, uid: str) -> None:
+async def test_settle_many_stores_records_and_indexes_and_derives_events(stack, uid: str) -> None:
     redis = Redis.from_url(stack.endpoints()["redis_url"])
     store = RecordStore(redis, prefix=f"t{uid}:")
     try:
         records = [skipped(1), skipped(2, tenant="acme", resolved=True)]
-        await store.append_event(records[0].id, "queued", {})  # the first record's seq 1
-        outcomes = [(r, "skipped", {"status": Status.SKIPPED, "reason": r.reason}) for r in records]
-        settled = await store.settle_many(outcomes)  # type: ignore[arg-type]
+        # Events of the first id stored already (its record gone): its event is appended.
+        await store.append_event(records[0].id, "queued", {})
+        settled = await store.settle_many(records)
 
         for record, s in zip(records, settled, strict=True):
             assert s.existing is None and s.event is not None
             assert s.record_json == record.model_dump_json()
             assert await store.get(record.id) == record
-            # The event as stored, as published, and as ProgressEvent itself writes it.
-            [stored] = await store.events_after(record.id, s.event.seq - 1)
-            assert stored.model_dump_json() == s.event.text == s.event.model().json_text()
-            assert (stored.type, stored.investigation_id) == ("skipped", record.id)
-            assert stored.payload == {"status": "skipped", "reason": "stale: long ago"}
+            # The event as published, as a reader gets it, and as ProgressEvent writes it.
+            replayed = await store.replay(record, s.event.seq - 1)
+            assert [e.model_dump_json() for e in replayed] == [s.event.text]
+            assert s.event.model().json_text() == s.event.text
+            [event] = replayed
+            assert (event.type, event.investigation_id) == ("skipped", record.id)
+            assert event.payload == {"status": "skipped", "reason": "stale: long ago"}
+            assert event.at == record.finished_at
         assert [s.event.seq for s in settled if s.event] == [2, 1]
         assert await redis.ttl(f"t{uid}:ev:inv-1") > 0
-        assert await redis.ttl(f"t{uid}:evseq:inv-2") > 0
+        assert len(await store.events_after("inv-1", 0)) == 2
+        # The second one's event is derived: no stream, no counter, nothing after it.
+        assert not await redis.exists(f"t{uid}:ev:inv-2", f"t{uid}:evseq:inv-2")
+        assert await store.events_after("inv-2", 0) == []
+        assert await store.replay(records[1], 1) == []
         # Indexes: everything, per fingerprint, per alert name, per tenant.
         assert await store.list_ids(limit=10) != []
         assert {m.decode() for m in await redis.zrange(f"t{uid}:idx:all", 0, -1)} == {
             "inv-1",
             "inv-2",
         }
+        assert await redis.zrange(f"t{uid}:idx:fp:fp-2", 0, -1) == [b"inv-2"]
         assert await redis.zrange(f"t{uid}:idx:tenant:acme", 0, -1) == [b"inv-2"]
         assert await redis.zrange(f"t{uid}:idx:untenanted", 0, -1) == [b"inv-1"]
         assert await redis.exists(f"t{uid}:resolved:inv-2")
@@ -62,11 +70,29 @@ async def test_settle_many_stores_records_indexes_and_numbered_events(stack, uid
 
         # Settled again (a redelivery): the records are found, nothing is written twice.
         await store.mark_published(["inv-1"])
-        again = await store.settle_many(outcomes)  # type: ignore[arg-type]
+        again = await store.settle_many(records)
         assert [(s.existing, s.event, s.published) for s in again] == [
             (records[0], None, True),
             (records[1], None, False),
         ]
-        assert len(await store.events_after("inv-2", 0)) == 1
+        assert len(await store.events_after("inv-1", 0)) == 2
+        assert not await redis.exists(f"t{uid}:ev:inv-2")
+    finally:
+        await redis.aclose()
+
+
+async def test_only_records_that_never_ran_derive_their_event(stack, uid: str) -> None:
+    redis = Redis.from_url(stack.endpoints()["redis_url"])
+    store = RecordStore(redis, prefix=f"t{uid}:")
+    try:
+        never = skipped(3)
+        ran = never.model_copy(update={"id": "inv-4", "started_at": never.created_at})
+        running = never.model_copy(update={"id": "inv-5", "status": Status.RUNNING})
+        assert [e.type for e in await store.replay(never, 0)] == ["skipped"]
+        assert await store.replay(ran, 0) == []  # its events were stored, and are gone
+        assert await store.replay(running, 0) == []
+        # Stored events win: a never-run record's stream is what it says.
+        await store.append_event(never.id, "skipped", {"status": "skipped"})
+        assert [e.payload for e in await store.replay(never, 0)] == [{"status": "skipped"}]
     finally:
         await redis.aclose()

@@ -451,11 +451,11 @@ async def event_stream(
     try:
         yield _RETRY
         if _long_finished(record, keepalive):
-            if replay := await store.events_after(investigation_id, after):
+            if replay := await store.replay(record, after):
                 yield _wire(replay)
             return
         watch = await hub.watch(investigation_id)
-        if replay := await store.events_after(investigation_id, after):
+        if replay := await store.replay(record, after):
             ends = next((i for i, e in enumerate(replay) if e.terminal), None)
             yield _wire(replay if ends is None else replay[: ends + 1])
             if ends is not None:
@@ -464,8 +464,13 @@ async def event_stream(
         while True:
             items = await watch.next(keepalive)
             if not items:
-                if _long_finished(await store.get(investigation_id), keepalive):
-                    if replay := await store.events_after(investigation_id, after):
+                current = await store.get(investigation_id)
+                if _long_finished(current, keepalive):
+                    if current is None:  # gone: what is left of its events
+                        replay = await store.events_after(investigation_id, after)
+                    else:
+                        replay = await store.replay(current, after)
+                    if replay:
                         yield _wire(replay)
                     return
                 yield _KEEPALIVE

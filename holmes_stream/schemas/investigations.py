@@ -203,3 +203,29 @@ class ProgressEvent(BaseModel):
     def set_json(self, text: str) -> None:
         """Adopt ``text``, this event's JSON as stored, as its serialised form."""
         cast("dict[str, Any]", self.__pydantic_private__)["_json"] = text
+
+
+def terminal_event(record: InvestigationRecord) -> tuple[EventType, dict[str, Any]]:
+    """The event that tells followers a record reached its outcome: its type and payload."""
+    payload: dict[str, Any] = {"status": record.status}
+    if record.reason:
+        payload["reason"] = record.reason
+    if record.error:
+        payload["error"] = record.error
+    if record.status is Status.DEAD_LETTERED:
+        return "failed", payload
+    return cast(EventType, str(record.status)), payload
+
+
+def never_ran(record: InvestigationRecord) -> bool:
+    """Settled without a run (stale, resolved before it was known): such a record's one
+    event, its terminal event, is not stored but derived from it (``derived_events``)."""
+    return record.status.terminal and record.started_at is None
+
+
+def derived_events(record: InvestigationRecord) -> list[ProgressEvent]:
+    """The events of a record that never ran and has none stored: its terminal event, seq 1,
+    at its finish, as it went to the progress topic."""
+    type_, payload = terminal_event(record)
+    at = record.finished_at or record.created_at
+    return [ProgressEvent(investigation_id=record.id, seq=1, type=type_, payload=payload, at=at)]
