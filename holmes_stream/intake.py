@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
 
 from holmes_stream.schemas import Alert, AlertGroup, InvestigationRequest
+
+_set = object.__setattr__  # a frozen dataclass's own fields, set once
 
 
 class RejectedMessage(Exception):
@@ -31,15 +32,16 @@ class AlertWork:
     question: str | None = None
     model: str | None = None
     toolsets: list[str] | None = None
+    episode_key: str = field(init=False, repr=False, compare=False)
+    # The id of the alert's firing episode: equal for every re-send of it.
+    investigation_id: str = field(init=False, compare=False)
 
-    @functools.cached_property
-    def episode_key(self) -> str:
-        return self.alert.episode_key()
-
-    @functools.cached_property
-    def investigation_id(self) -> str:
-        """The id of the alert's firing episode: equal for every re-send of it."""
-        return f"{self.tenant}.{self.episode_key}" if self.tenant else self.episode_key
+    def __post_init__(self) -> None:
+        # Every unit's id is looked up at once; computed here rather than by
+        # functools.cached_property, which takes a lock per first access (Python 3.11).
+        key = self.alert.episode_key()
+        _set(self, "episode_key", key)
+        _set(self, "investigation_id", f"{self.tenant}.{key}" if self.tenant else key)
 
     def to_request(self) -> InvestigationRequest:
         return InvestigationRequest(

@@ -382,7 +382,7 @@ class InvestigationService:
 
     def settles_without_run(self, work: AlertWork, source: Source) -> bool:
         """Resolved or stale: an outcome reached without the LLM."""
-        return work.alert.status == "resolved" or self._staleness(work, source) is not None
+        return work.alert.status == "resolved" or self._stale_moment(work, source) is not None
 
     async def settle_many(self, items: Sequence[tuple[AlertWork, Source]]) -> list[Found | None]:
         """Settle alerts that need no run (resolved, stale) of episodes not known yet, together.
@@ -426,7 +426,7 @@ class InvestigationService:
         return [None if s.existing is None else Found(s.existing, s.published) for s in replies]
 
     async def _publish_settled(
-        self, settled: Sequence[tuple[InvestigationRecord, str, StoredEvent | None]]
+        self, settled: Sequence[tuple[InvestigationRecord, bytes, StoredEvent | None]]
     ) -> None:
         await self.producers.publish_outcomes(settled)
         # Marked later, not awaited: committing the offsets needs only the results on Kafka. A
@@ -515,15 +515,27 @@ class InvestigationService:
     def _staleness(
         self, work: AlertWork, source: Source, now: datetime | None = None
     ) -> str | None:
-        # Compared as timestamps: datetimes are built only for the reason of a stale alert.
-        horizon = (now or utcnow()).timestamp() - self.settings.stale_after_seconds
+        """Why the alert is stale (None: it is not)."""
+        moment = self._stale_moment(work, source, now)
+        if moment is None:
+            return None
+        if isinstance(moment, datetime):
+            return f"stale: started firing at {moment.isoformat()}, before the window"
+        produced = datetime.fromtimestamp(moment / 1000, UTC)
+        return f"stale: reached Kafka at {produced.isoformat()}, before the window"
+
+    def _stale_moment(
+        self, work: AlertWork, source: Source, now: datetime | None = None
+    ) -> datetime | int | None:
+        """The alert's start, or when it reached Kafka (ms), if before the window. Compared as
+        timestamps: the reason's words are made only where they are kept (``_staleness``)."""
+        horizon = (now.timestamp() if now else time.time()) - self.settings.stale_after_seconds
         started = work.alert.startsAt
         if started.timestamp() < horizon:
-            return f"stale: started firing at {started.isoformat()}, before the window"
+            return started
         produced_ms = source.timestamp_ms
         if produced_ms is not None and produced_ms < horizon * 1000:
-            produced = datetime.fromtimestamp(produced_ms / 1000, UTC)
-            return f"stale: reached Kafka at {produced.isoformat()}, before the window"
+            return produced_ms
         return None
 
     async def note_resolutions(self, items: Sequence[tuple[Found, AlertWork]]) -> None:

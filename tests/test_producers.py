@@ -67,7 +67,7 @@ async def test_batched_outcomes_land_as_single_sends_would(stack: Any, uid: str)
         )
         event = ProgressEvent(investigation_id=record.id, seq=1, type="skipped", payload={"i": i})
         stored = StoredEvent(record.id, 1, "skipped", event.model_dump_json())
-        settled.append((record, record.model_dump_json(), stored))
+        settled.append((record, record.model_dump_json().encode(), stored))
     try:
         aiokafka_producer = producers._direct()
         assert aiokafka_producer is not None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from pydantic_core import to_json
 from redis.asyncio import Redis
 
-from holmes_stream.schemas import Alert, InvestigationRecord, Status
-from holmes_stream.store import RecordStore
+from holmes_stream.schemas import Alert, InvestigationRecord, ProgressEvent, Status
+from holmes_stream.store import RecordStore, _event_json
 from tests.conftest import load_fixture
 
 
@@ -39,7 +40,7 @@ async def test_settle_many_stores_records_and_indexes_and_derives_events(stack, 
 
         for record, s in zip(records, settled, strict=True):
             assert s.existing is None and s.event is not None
-            assert s.record_json == record.model_dump_json()
+            assert s.record_json == record.model_dump_json().encode()
             assert await store.get(record.id) == record
             # The event as published, as a reader gets it, and as ProgressEvent writes it.
             replayed = await store.replay(record, s.event.seq - 1)
@@ -96,3 +97,19 @@ async def test_only_records_that_never_ran_derive_their_event(stack, uid: str) -
         assert [e.payload for e in await store.replay(never, 0)] == [{"status": "skipped"}]
     finally:
         await redis.aclose()
+
+
+def test_event_json_is_the_models_own() -> None:
+    at = datetime(2026, 11, 27, 9, 30, 1, 123456, tzinfo=UTC)
+    payloads = [
+        {"status": Status.SKIPPED, "reason": "stale: started firing at 2026-11-25T10:00:00+00:00"},
+        {"status": Status.FAILED, "error": 'quotes " and \\ and ünïcode ✓ and\nnewline'},
+        {},
+    ]
+    for payload in payloads:
+        event = ProgressEvent(
+            investigation_id='i-"1"', seq=7, type="failed", payload=payload, at=at
+        )
+        assert _event_json('i-"1"', 7, "failed", payload, to_json(at).decode()) == (
+            event.model_dump_json()
+        )

@@ -188,29 +188,29 @@ class KafkaProducers:
         await self._send_result(record, confirm=True)
 
     async def publish_outcomes(
-        self, settled: Sequence[tuple[InvestigationRecord, str, StoredEvent | None]]
+        self, settled: Sequence[tuple[InvestigationRecord, bytes, StoredEvent | None]]
     ) -> None:
         """Records (each with its JSON as stored) and their terminal events (if given), sent
         together; returns once Kafka has the records."""
         direct = self._direct()
         if direct is None:
             acks = []
-            for record, text, event in settled:
-                acks.append(await self._send_result(record, text, confirm=False))
+            for record, body, event in settled:
+                acks.append(await self._send_result(record, body, confirm=False))
                 if event is not None:
                     await self.publish_progress(event.model(), record.fingerprint)
             await asyncio.gather(*acks)
             return
         results, progress = self.results.topic, self.progress.topic
         batches = await _Batches.for_topics(direct, (results, progress))
-        for record, text, event in settled:
+        for record, body, event in settled:
             key = record.id.encode()
             slot = murmur2(key) & 0x7FFFFFFF  # once for both topics
             batches.add(
                 results,
                 slot,
                 key,
-                text.encode(),
+                body,
                 _wire(_result_correlation(record), _result_headers(record)),
             )
             if event is None:
@@ -226,11 +226,11 @@ class KafkaProducers:
         await asyncio.gather(*sent[results])
 
     async def _send_result(
-        self, record: InvestigationRecord, text: str | None = None, *, confirm: bool
+        self, record: InvestigationRecord, body: bytes | None = None, *, confirm: bool
     ) -> Any:
         return await self._send(
             self.results,
-            (text or record.model_dump_json()).encode(),
+            body or record.model_dump_json().encode(),
             key=record.id.encode(),
             headers=_result_headers(record),
             correlation_id=_result_correlation(record),

@@ -207,7 +207,7 @@ class ProgressEvent(BaseModel):
 
 def terminal_event(record: InvestigationRecord) -> tuple[EventType, dict[str, Any]]:
     """The event that tells followers a record reached its outcome: its type and payload."""
-    payload: dict[str, Any] = {"status": record.status}
+    payload: dict[str, Any] = {"status": record.status.value}
     if record.reason:
         payload["reason"] = record.reason
     if record.error:
