@@ -55,7 +55,9 @@ async def main(
         runtime = Runtime.build(s, worker=True)
         await runtime.start()
         if freeze:
-            gc.freeze()
+            from holmes_stream.cli import _settled
+
+            _settled()  # as the worker command does once started: freeze, young-collection size
         if os.environ.get("GC_THRESHOLD"):
             gc.set_threshold(*map(int, os.environ["GC_THRESHOLD"].split(",")))
         gc_seconds = [0.0, 0.0]  # total, start of the current collection
@@ -101,8 +103,13 @@ if __name__ == "__main__":
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--top", type=int, default=45)
     p.add_argument("--sort", default="tottime")
-    p.add_argument("--freeze", action="store_true", help="gc.freeze() once the worker is up")
+    p.add_argument(
+        "--freeze", action="store_true", help="the worker command's gc settings once it is up"
+    )
     p.add_argument("--callers", default="", help="print the callers of functions matching this")
     p.add_argument("--plain", action="store_true", help="no cProfile (to attach py-spy instead)")
     a = p.parse_args()
-    asyncio.run(main(a.kind, a.n, a.top, a.sort, a.callers, a.freeze, a.plain))
+    import uvloop  # the worker command's event loop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main(a.kind, a.n, a.top, a.sort, a.callers, a.freeze, a.plain))

@@ -435,6 +435,7 @@ def register_alert_subscriber(
     broker: KafkaBroker, dispatcher: Dispatcher, settings: Settings
 ) -> Any:
     kafka = settings.kafka
+    context = broker.context
 
     @broker.subscriber(
         kafka.alerts_topic,
@@ -455,7 +456,10 @@ def register_alert_subscriber(
             " (follow-up questions on finished investigations)"
         ),
     )
-    async def on_alert(body: list[bytes], msg: KafkaMessage) -> None:
+    async def on_alert(body: list[bytes]) -> None:
+        # The message from the context directly: as a parameter (``msg: KafkaMessage``),
+        # FastDepends resolves it in a worker thread, a thread hop per fetched batch.
+        msg: KafkaMessage = context.get_local("message")
         await dispatcher.dispatch_batch(msg.raw_message, msg.consumer)
 
     return on_alert
