@@ -15,8 +15,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
@@ -32,15 +31,26 @@ def current() -> dict[str, Any]:
     return dict(_context.get() or {})
 
 
-@contextmanager
-def bind(**fields: Any) -> Iterator[dict[str, Any]]:
-    """Add ``fields`` (None values are left out) to the log context of this block."""
-    merged = {**(_context.get() or {}), **{k: v for k, v in fields.items() if v is not None}}
-    token = _context.set(merged)
-    try:
-        yield merged
-    finally:
-        _context.reset(token)
+class bind:
+    """Add ``fields`` (None values are left out) to the log context of this block.
+
+    A class rather than a ``@contextmanager`` generator: it is entered for every HTTP request
+    and alert, and a generator costs twice as much per block."""
+
+    __slots__ = ("_merged", "_token")
+
+    def __init__(self, **fields: Any) -> None:
+        self._merged = {
+            **(_context.get() or {}),
+            **{k: v for k, v in fields.items() if v is not None},
+        }
+
+    def __enter__(self) -> dict[str, Any]:
+        self._token = _context.set(self._merged)
+        return self._merged
+
+    def __exit__(self, *_exc: object) -> None:
+        _context.reset(self._token)
 
 
 def in_context(fn: Callable[P, R]) -> Callable[P, R]:

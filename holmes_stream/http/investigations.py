@@ -17,13 +17,13 @@ from litestar import Controller, MediaType, Request, get, post
 from litestar.datastructures import State
 from litestar.params import Body, HeaderParameter, PathParameter, QueryParameter
 from litestar.response import Response, ServerSentEvent, ServerSentEventMessage, Stream
-from litestar.types import Receive, Scope, Send
+from litestar.types import Scope
 from pydantic import BaseModel
 
 from holmes_stream import metrics
 from holmes_stream.auth import READ, WRITE, Authenticator, Principal
 from holmes_stream.http.choices import check_model, check_toolsets
-from holmes_stream.http.middleware import DIRECT, Direct
+from holmes_stream.http.middleware import DIRECT, Answer, Direct
 from holmes_stream.http.problems import Problem
 from holmes_stream.http.security import SECURITY, authorize, requires
 from holmes_stream.http.sse_hub import SSEHub, encode_event
@@ -150,7 +150,7 @@ def _direct_lookup_accepts(scope: Scope) -> bool:
     return not scope["query_string"] and len(scope["path_params"]["investigation_id"]) <= MAX_ID
 
 
-async def _direct_lookup(scope: Scope, receive: Receive, send: Send) -> None:
+async def _direct_lookup(scope: Scope) -> Answer:
     """``lookup`` on the raw ASGI scope: the stored JSON is the answer (the hottest read path;
     see holmes_stream/http/middleware.py). Same guard, same Redis read, same problems."""
     investigation_id: str = scope["path_params"]["investigation_id"]
@@ -158,17 +158,8 @@ async def _direct_lookup(scope: Scope, receive: Receive, send: Send) -> None:
     raw = await scope["litestar_app"].state.records.get_raw(investigation_id)
     if raw is None or not visible_raw(principal, raw, investigation_id):
         raise Problem(404, "Not found", f"no investigation with id {investigation_id!r}")
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(raw)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": raw, "more_body": False})
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(raw))]
+    return 200, headers, raw
 
 
 def encode_cursor(score: float, member: str) -> str:

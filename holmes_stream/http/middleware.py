@@ -7,14 +7,17 @@ A route handler may name, in ``opt[DIRECT]``, a :class:`Direct` implementation o
 case written against the raw ASGI scope; the middleware calls it instead of Litestar's handler
 machinery (request object, signature model, response object) when it ``accepts`` the request,
 and Litestar's handler otherwise. It runs after Litestar's routing (so 404/405, path
-parameters and exception handlers are Litestar's) and inside the same exception handling as a
-handler, so its errors become the same problem+json answers with the request id and metrics.
+parameters and exception handlers are Litestar's). It returns the response instead of sending
+it, so the middleware sends it without wrapping ``send`` in layers that watch for errors
+after the response started (there can be none); what it raises goes through Litestar's
+exception handling as a handler's errors do: the same problem+json answers, with the request
+id and metrics.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from litestar.middleware._internal.exceptions import ExceptionHandlerMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,13 +30,29 @@ DIRECT = "holmes.direct"
 _REQUEST_ID = b"x-request-id"
 
 
-class Direct:
-    """A route's common case as a plain ASGI app; ``accepts`` must not have side effects."""
+# A direct answer: status, headers, body.
+Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
-    def __init__(self, accepts: Callable[[Scope], bool], app: ASGIApp) -> None:
+
+class Direct:
+    """A route's common case: ``answer`` computes the response from the raw scope, or raises
+    as the handler would; ``accepts`` must not have side effects."""
+
+    def __init__(
+        self, accepts: Callable[[Scope], bool], answer: Callable[[Scope], Awaitable[Answer]]
+    ) -> None:
         self.accepts = accepts
-        # The exception handling Litestar puts around a handler when a route has middleware.
-        self.app: ASGIApp = ExceptionHandlerMiddleware(app=app, debug=None)
+        self.answer = answer
+
+
+async def _answer_error(exc: Exception, scope: Scope, receive: Receive, send: Send) -> None:
+    """Litestar's answer to a handler's exception: the exception handling it puts around a
+    handler when a route has middleware."""
+
+    async def raising(_scope: Scope, _receive: Receive, _send: Send) -> None:
+        raise exc
+
+    await ExceptionHandlerMiddleware(app=raising, debug=None)(scope, receive, send)
 
 
 # Labelled children by (method, route, status): ``labels()`` takes a lock and builds a key
@@ -81,10 +100,22 @@ class RequestMiddleware:
             await send(message)
 
         direct: Direct | None = scope["route_handler"].opt.get(DIRECT)
-        app = direct.app if direct is not None and direct.accepts(scope) else self.app
         with logcontext.bind(request_id=request_id):
             try:
-                await app(scope, receive, send_wrapper)
+                if direct is None or not direct.accepts(scope):
+                    await self.app(scope, receive, send_wrapper)
+                else:
+                    try:
+                        status, headers, body = await direct.answer(scope)
+                    except Exception as exc:
+                        status = 500
+                        await _answer_error(exc, scope, receive, send_wrapper)
+                    else:
+                        headers.append(request_id_header)
+                        await send(
+                            {"type": "http.response.start", "status": status, "headers": headers}
+                        )
+                        await send({"type": "http.response.body", "body": body, "more_body": False})
             finally:
                 method = str(scope.get("method", "GET"))
                 route = str(scope.get("path_template") or "unmatched")
