@@ -284,7 +284,9 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
         lines.append(
             f"- Figure 5: load generator bench/loadgen.py (raw asyncio sockets, keep-alive, "
             f"{h['connections']} connections) in its own process; lookups cycle over 1,000 stored "
-            "completed records; auth disabled and rate limiting off in the bench's service "
+            f"completed records; {h.get('rounds', 3)} rounds of {h.get('round_seconds', 5)} s "
+            "alternating lookup and hello-world, the ratio is the median of the rounds' ratios; "
+            "auth disabled and rate limiting off in the bench's service "
             "environment. SSE: 1,000 clients on 100 running investigations (10 each), events written "
             "to Redis every 0.5 s; delivery latency = arrival − the event's `at` (same clock)."
         )
