@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import inspect
 import json
@@ -589,3 +590,50 @@ def test_litellm_cache_argument_mapping_is_as_expected() -> None:
         assert wrapper(litellm.completion, ("m",)) == original(litellm.completion, ("m",))
     finally:
         fastpath._active.reset(token)
+
+
+def test_success_logging_is_skipped_only_when_nobody_listens() -> None:
+    import contextvars
+
+    import litellm
+    from litellm.litellm_core_utils.litellm_logging import Logging
+
+    assert fastpath.install()
+    module = importlib.import_module(fastpath.EXECUTOR_MODULE)
+    quiet = module.executor
+    assert isinstance(quiet, fastpath.QuietSuccessExecutor)
+    # litellm still submits the success handler this way after a sync completion.
+    source = inspect.getsource(module.client)
+    assert 'getattr(sys.modules[__name__], "executor")' in source
+    assert "logging_obj.success_handler," in source
+
+    logging_obj = Logging.__new__(Logging)  # only what the executor looks at
+    logging_obj.stream = False
+    logging_obj.dynamic_success_callbacks = None
+    calls: list[tuple[Any, ...]] = []
+
+    class Pool:
+        def submit(self, fn: Any, *args: Any) -> str:
+            calls.append(args)
+            return "submitted"
+
+    executor = fastpath.QuietSuccessExecutor(Pool())
+    ctx = contextvars.copy_context()
+    submit = functools.partial(executor.submit, ctx.run, logging_obj.success_handler, "r", 0, 1)
+    assert submit() == "submitted"  # outside our completions: as litellm does
+    token = fastpath._active.set(True)
+    try:
+        assert submit().result() is None and len(calls) == 1  # nobody listens: skipped
+        litellm.success_callback.append("langfuse")
+        try:
+            assert submit() == "submitted"
+        finally:
+            litellm.success_callback.remove("langfuse")
+        logging_obj.dynamic_success_callbacks = ["langfuse"]
+        assert submit() == "submitted"
+        logging_obj.dynamic_success_callbacks, logging_obj.stream = None, True
+        assert submit() == "submitted"
+        assert executor.submit(ctx.run, print, "other") == "submitted"  # other work: pooled
+    finally:
+        fastpath._active.reset(token)
+    assert len(calls) == 5

@@ -35,6 +35,9 @@ A second profile (~30 ms per investigation left, the agent loop's thread half of
   ``ServiceLogging.service_success_hook`` runs a no-op coroutine with ``asyncio.run`` on threads
   without an event loop, as our agent-loop threads are. ``thread_event_loop`` gives the thread a
   (reused, not running) loop, so litellm runs the same coroutine with ``run_until_complete``.
+* **Success logging nobody receives** (~1 ms): after every completion litellm runs its success
+  handler in a thread pool, which computes the response cost again and a logging payload for
+  callbacks; with none registered, nothing reads them (``QuietSuccessExecutor``).
 * **Tool schemas** (~0.5 ms): ``ToolExecutor._get_base_tools`` formats and deep-copies every
   tool's schema twice per investigation; ``cache_tool_schemas`` formats it once per tool set and
   hands out a copy per call.
@@ -50,7 +53,9 @@ name, signature or the way it is used):
 * ``openai._base_client.openapi_dumps`` (request bodies made of plain JSON only),
 * ``litellm.caching.caching_handler.convert_args_to_kwargs`` (no positional arguments only: after
   every completion litellm maps them to names through ``inspect.signature``, cache or not; with
-  none the mapping is ``{}``).
+  none the mapping is ``{}``),
+* ``litellm.utils.executor`` (``QuietSuccessExecutor``: a completion's success logging is not
+  run while no success callback is registered to receive it).
 
 Every wrapper falls through to the original unless a ``count_tokens`` or ``completion`` call of an
 LLM made here (``create_toolcalling_llm``/``toolcalling_llm``) is running on the current thread
@@ -63,7 +68,9 @@ from __future__ import annotations
 
 import _json
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import json
 import logging
@@ -92,6 +99,7 @@ BODY_DUMPS_MODULE = "openai._base_client"
 BODY_DUMPS_FUNCTION = "openapi_dumps"
 CACHE_ARGS_MODULE = "litellm.caching.caching_handler"
 CACHE_ARGS_FUNCTION = "convert_args_to_kwargs"
+EXECUTOR_MODULE = "litellm.utils"  # its ``executor``: where a completion's success logging runs
 USER_PROMPT_TEMPLATE = "builtin://base_user_prompt.jinja2"
 
 # Environment variables that change which parts of the system prompt HolmesGPT renders.
@@ -447,6 +455,64 @@ def _wrap_cache_args() -> bool:
     return _replace(module, CACHE_ARGS_FUNCTION, "arguments are mapped as usual", make)
 
 
+class QuietSuccessExecutor:
+    """litellm's thread pool, without the success logging of our completions when nobody
+    listens to it.
+
+    After every sync completion litellm submits ``ctx.run(logging_obj.success_handler, ...)`` to
+    its pool. With no success callback registered (litellm's or the call's own) that handler
+    only computes the response cost a second time and a logging payload nobody reads: about 3 %
+    of an investigation's CPU, and a thread competing for the GIL. Any other submission, a
+    streaming call's, or any call while a callback is registered, goes to the pool as before.
+    """
+
+    __holmes_stream_memo__ = True
+
+    def __init__(self, executor: Any) -> None:
+        self.executor = executor
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        if _active.get() and self._unheard(fn, args):
+            skipped: concurrent.futures.Future[None] = concurrent.futures.Future()
+            skipped.set_result(None)
+            return skipped
+        return self.executor.submit(fn, *args, **kwargs)
+
+    @staticmethod
+    def _unheard(fn: Any, args: tuple[Any, ...]) -> bool:
+        import litellm
+        from litellm.litellm_core_utils.litellm_logging import Logging
+
+        if type(getattr(fn, "__self__", None)) is not contextvars.Context or not args:
+            return False
+        handler = args[0]
+        logging_obj = getattr(handler, "__self__", None)
+        return (
+            getattr(handler, "__func__", None) is Logging.success_handler
+            and isinstance(logging_obj, Logging)
+            and not logging_obj.stream
+            and not logging_obj.dynamic_success_callbacks
+            and not litellm.success_callback
+            and not litellm.callbacks
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.executor, name)
+
+
+def _quiet_success_logging() -> bool:
+    import importlib
+
+    module = importlib.import_module(EXECUTOR_MODULE)
+    executor = getattr(module, "executor", None)
+    if executor is None:
+        log.warning("fastpath: %s.executor is gone; success logging runs as usual", EXECUTOR_MODULE)
+        return False
+    if not getattr(executor, "__holmes_stream_memo__", False):
+        setattr(module, "executor", QuietSuccessExecutor(executor))  # noqa: B010
+    return True
+
+
 # -- installation -----------------------------------------------------------------------------
 
 
@@ -481,6 +547,7 @@ def install() -> bool:
         _wrap_transform()
         _wrap_body_dumps()
         _wrap_cache_args()
+        _quiet_success_logging()
         _installed = True
         return True
 
