@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
@@ -52,15 +53,39 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Logs of private LLMs, workers and their data stay this long for a look after a failure.
+ARTIFACTS_KEPT_SECONDS = 2 * 86400
+
+
+def prune_artifacts(root: Path, older_than: float, now: float | None = None) -> list[Path]:
+    """Remove what tests left under ``root`` last modified more than ``older_than`` seconds
+    ago; returns what was removed."""
+    limit = (time.time() if now is None else now) - older_than
+    removed = []
+    for entry in root.glob("*"):
+        try:
+            if entry.lstat().st_mtime >= limit:
+                continue
+        except OSError:  # removed meanwhile (a parallel session)
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Stop what killed test sessions left running (their stacks, LLMs, workers), then tag
-    everything this session will start."""
+    """Stop what killed test sessions left running (their stacks, LLMs, workers), remove what
+    they and old sessions left on disk, then tag everything this session will start."""
     if orphans := kill_orphans_of(SESSION_TAG, owner_marker="pytest"):
         print(f"\nkilled {len(orphans)} processes left running by killed test sessions")
     for stale in ARTIFACTS.glob("stack-*"):
         owner = stale.name.removeprefix("stack-")
         if owner.isdigit() and not pid_alive(int(owner), "pytest"):
             shutil.rmtree(stale, ignore_errors=True)
+    prune_artifacts(ARTIFACTS, ARTIFACTS_KEPT_SECONDS)
     os.environ[SESSION_TAG] = str(os.getpid())
 
 
