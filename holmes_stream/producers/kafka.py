@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -52,17 +53,24 @@ def make_broker(
 _M = 0x5BD1E995
 
 
+@functools.lru_cache(maxsize=64)
+def _words(count: int) -> Callable[[bytes], tuple[int, ...]]:
+    """Unpacks ``count`` little-endian 32-bit words (keys of one length share one)."""
+    return struct.Struct(f"<{count}I").unpack_from
+
+
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 key hash (Java's ``Utils.murmur2``), as unsigned 32 bits: aiokafka's
-    own, with the 4-byte words unpacked at once instead of assembled byte by byte (2.4 times
-    faster; a per-message cost of batch settling). ``tests/test_producers.py`` compares both."""
+    own, with the 4-byte words unpacked at once instead of assembled byte by byte and fewer
+    masks (two to two and a half times faster; a per-message cost of batch settling).
+    ``tests/test_producers.py`` compares both."""
     length = len(data)
     h = 0x9747B28C ^ length
     words = length >> 2
-    for k in struct.unpack_from(f"<{words}I", data):
+    for k in _words(words)(data):
         k = (k * _M) & 0xFFFFFFFF
-        k ^= k >> 24
-        h = ((h * _M) & 0xFFFFFFFF) ^ ((k * _M) & 0xFFFFFFFF)
+        # Java's two products masked after their XOR: the same low 32 bits.
+        h = ((h * _M) ^ ((k ^ (k >> 24)) * _M)) & 0xFFFFFFFF
     tail = data[words << 2 :]
     if tail:
         for shift, byte in zip((0, 8, 16), tail, strict=False):
