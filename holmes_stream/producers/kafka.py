@@ -20,6 +20,10 @@ from holmes_stream.store import StoredEvent
 from holmes_stream.telemetry import Telemetry
 
 PRODUCER_BATCH_BYTES = 512 * 1024
+# 20 ms measured 10-25 % less broker CPU and 4-12 % less worker CPU per investigation with an
+# instant LLM, but a lower throughput with 64 investigations waiting on a slow one (interleaved
+# pairs, each way): results wait longer for their acknowledgement while holding their slot.
+# Closing the batches of settled outcomes so that they skip the linger measured slower too.
 PRODUCER_LINGER_MS = 5
 
 
