@@ -218,8 +218,9 @@ def terminal_event(record: InvestigationRecord) -> tuple[EventType, dict[str, An
 
 
 def never_ran(record: InvestigationRecord) -> bool:
-    """Settled without a run (stale, resolved before it was known): such a record's one
-    event, its terminal event, is not stored but derived from it (``derived_events``)."""
+    """Finished without a run having started: settled as stale or as resolved before it was
+    known (their one event, the terminal one, is not stored but derived: ``derived_events``),
+    or skipped or cancelled while queued (their events are stored)."""
     return record.status.terminal and record.started_at is None
 
 
