@@ -149,6 +149,7 @@ async def run_batch(
         "rate": len(got) / wall,
         "statuses": statuses,
         "llm_calls_per_investigation": llm_calls / max(1, len(got)),
+        "records": got,
     }
 
 
