@@ -22,6 +22,7 @@ from bench.common import (
     Service,
     alert_json,
     create_topics,
+    free_port,
     log,
     make_settings,
     proc_rss_mb,
@@ -112,6 +113,29 @@ class ResultWatcher:
     async def stop(self) -> None:
         if self.consumer is not None:
             await self.consumer.stop()
+
+
+async def start_slow_worker(
+    stack: LocalStack, work: Path, tag: str, partitions: int, latency: float = 1.0
+) -> tuple[ScriptedLLM, Settings, Service]:
+    """Figure 3's set-up: a scripted LLM answering after ``latency`` seconds, and one worker
+    process with 64 investigations in flight (and as many LLM threads) on topics of its own."""
+    llm = ScriptedLLM(free_port(), data_dir=work / f"llm-{tag}", latency_seconds=latency)
+    started(llm)
+    llm.start()
+    settings = make_settings(
+        stack,
+        f"{tag}-{uuid.uuid4().hex[:6]}",
+        llm_api_base=llm.api_base,
+        max_in_flight=64,
+        llm_threads=64,
+    )
+    kafka = settings.kafka
+    topics = [kafka.alerts_topic, kafka.results_topic, kafka.progress_topic, kafka.dlq_topic]
+    await create_topics(kafka.bootstrap_servers, topics, partitions=partitions)
+    worker = Service("worker", settings, work, f"worker-{tag}")
+    worker.start()
+    return llm, settings, worker
 
 
 async def run_batch(
@@ -384,32 +408,7 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
         multi.stop()
 
     # ---- figure 3 (+6): 1 s LLM, 64 in flight, one process ----------------------------------------
-    slow = ScriptedLLM(
-        __import__("bench.common", fromlist=["free_port"]).free_port(),
-        data_dir=work / "llm-slow",
-        latency_seconds=1.0,
-    )
-    started(slow)
-    slow.start()
-    s3 = make_settings(
-        stack,
-        "e2e3-" + uuid.uuid4().hex[:6],
-        llm_api_base=slow.api_base,
-        max_in_flight=64,
-        llm_threads=64,
-    )
-    await create_topics(
-        s3.kafka.bootstrap_servers,
-        [
-            s3.kafka.alerts_topic,
-            s3.kafka.results_topic,
-            s3.kafka.progress_topic,
-            s3.kafka.dlq_topic,
-        ],
-        partitions=nparts,
-    )
-    worker = Service("worker", s3, work, "worker-slow")
-    worker.start()
+    slow, s3, worker = await start_slow_worker(stack, work, "e2e3", nparts)
     startups.append(worker.startup_seconds)
     watcher = ResultWatcher(s3.kafka.bootstrap_servers, s3.kafka.results_topic, nparts)
     await watcher.start()

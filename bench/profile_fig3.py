@@ -22,16 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    Service,
     cleanup,
-    create_topics,
-    free_port,
-    make_settings,
     proc_cpu_seconds,
     start_stack,
-    started,
 )
-from bench.e2e import ResultWatcher, run_batch
+from bench.e2e import ResultWatcher, run_batch, start_slow_worker
 
 SAMPLED = 200
 
@@ -61,25 +56,10 @@ async def _gaps(settings: Any, records: list[dict[str, Any]]) -> dict[str, list[
 
 
 async def main(rounds: int, n: int, latency: float) -> None:
-    from holmes_stream.devstack.scripted_llm import ScriptedLLM
-
     work = Path(tempfile.mkdtemp(prefix="holmes-fig3-"))
     stack = start_stack(work / "stack")
     try:
-        llm = ScriptedLLM(free_port(), data_dir=work / "llm", latency_seconds=latency)
-        started(llm)
-        llm.start()
-        s = make_settings(
-            stack,
-            "fig3-" + uuid.uuid4().hex[:6],
-            llm_api_base=llm.api_base,
-            max_in_flight=64,
-            llm_threads=64,
-        )
-        topics = [s.kafka.alerts_topic, s.kafka.results_topic, s.kafka.progress_topic]
-        await create_topics(s.kafka.bootstrap_servers, [*topics, s.kafka.dlq_topic], 4)
-        worker = Service("worker", s, work, "worker")
-        worker.start()
+        llm, s, worker = await start_slow_worker(stack, work, "fig3", 4, latency)
         watcher = ResultWatcher(s.kafka.bootstrap_servers, s.kafka.results_topic, 4)
         await watcher.start()
         try:
