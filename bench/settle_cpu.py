@@ -24,7 +24,7 @@ from holmes_stream.consumers.alerts import _source
 from holmes_stream.intake import decode_message
 from holmes_stream.producers import kafka as kafka_producers
 from holmes_stream.redaction import Redactor
-from holmes_stream.service import Extras, InvestigationService
+from holmes_stream.service import Extras, InvestigationService, SettledEpisodes
 from holmes_stream.settings import Settings
 from holmes_stream.store import RecordStore
 
@@ -96,6 +96,19 @@ async def main(n: int, rounds: int) -> None:
             f"{kind:28s} intake {best_take / n * 1e6:6.1f} us/alert,"
             f" settle {best_settle / n * 1e6:6.1f} us/alert (best of {rounds})"
         )
+    remember_cost()
+
+
+def remember_cost(size: int = 100_000) -> None:
+    """A long-running worker's memory of settled episodes, below and beyond its size: what
+    every settled alert pays to be remembered."""
+    settled = SettledEpisodes(size)
+    for lap in range(3):
+        t0 = time.process_time()
+        for i in range(lap * size, (lap + 1) * size):
+            settled.remember(f"episode-{i:012d}", 86_400_000, None)
+        per = (time.process_time() - t0) / size * 1e6
+        print(f"remember, entries {lap * size:>7,}-{(lap + 1) * size:<7,} {per:6.1f} us/alert")
 
 
 if __name__ == "__main__":
