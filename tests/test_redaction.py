@@ -265,3 +265,46 @@ def test_alerts_are_stored_redacted_wherever_the_secret_is(planted: dict[str, An
     for secret in ("hunter2hunter2", "abcdef0123456789", "s3cretpass", "AKIAABCDEFGHIJKLMNOP"):
         assert secret not in stored
     assert "abcdefghijklmnop'" not in stored
+
+
+def _every_rule_run(redactor: Redactor, text: str) -> str:
+    """Redaction as it was before rules were passed over: every pattern, in order."""
+    text = redactor._k8s_secrets(text)
+    for rule in redactor.rules:
+        text = rule.apply(text)
+    return text
+
+
+def _case_variants(text: str) -> list[str]:
+    return [text, text.upper(), text.lower(), text.swapcase(), text.title()]
+
+
+def test_passing_over_rules_changes_nothing() -> None:
+    """Rules whose literals a text lacks are not run: the outcome is what running every rule
+    gives, on every planted secret (in every case), mixed with ordinary text and each other."""
+    import random
+
+    planted = [text for text, *_ in CASES] + SURVIVORS + [SECRET_YAML]
+    planted += [
+        "token: abc",
+        "client-secret = 'x y'",
+        "Api-Key: 1234",
+        "ACCESS_KEY=zzz",
+        'credential="a\\"b"',
+        "proxy-authorization: Digest abc",
+        "the pas\u017fword=x",  # long s: not ASCII, every rule runs
+        "ap\u0131_key=\u00fcn\u00efcode",  # dotless i
+    ]
+    pieces = [v for text in planted for v in _case_variants(text)]
+    rng = random.Random(7)
+    texts = list(pieces)
+    for _ in range(400):
+        texts.append(" ".join(rng.sample(pieces, rng.randint(2, 6))))
+    redactor = Redactor(extra_patterns=[r"ORDER-\d{6}"])
+    texts.append("customer ORDER-123456 paid")
+    changed = 0
+    for text in texts:
+        expected = _every_rule_run(redactor, text)
+        assert redactor._redact_text(text) == expected, text
+        changed += expected != text
+    assert changed > len(texts) // 2  # the corpus exercises the rules, not only their absence
