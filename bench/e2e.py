@@ -309,18 +309,21 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
     pids = stack_pids(stack)
     nparts = max(4, 2 * cores)
 
-    # ---- figure 1: one worker process vs the bare SDK in one process ------------------------
-    s1 = make_settings(stack, "e2e1-" + uuid.uuid4().hex[:6])
-    await create_topics(
-        s1.kafka.bootstrap_servers,
-        [
-            s1.kafka.alerts_topic,
-            s1.kafka.results_topic,
-            s1.kafka.progress_topic,
-            s1.kafka.dlq_topic,
-        ],
-        partitions=nparts,
-    )
+    # ---- figures 1 and 2: one worker process, the bare SDK, one worker process per core -------
+    # Their repetitions alternate (1 process, bare SDK, all cores), each ratio taken within one
+    # repetition: the machine's speed drifts by tens of percent within minutes.
+    s1, s2 = (make_settings(stack, f"e2e{k}-" + uuid.uuid4().hex[:6]) for k in (1, 2))
+    for s in (s1, s2):
+        await create_topics(
+            s.kafka.bootstrap_servers,
+            [
+                s.kafka.alerts_topic,
+                s.kafka.results_topic,
+                s.kafka.progress_topic,
+                s.kafka.dlq_topic,
+            ],
+            partitions=nparts,
+        )
     bare = started(Bare(s1, work / "bare.log"))
     out["bare_startup_seconds"] = bare.startup_seconds
     worker = Service("worker", s1, work, "worker-1p")
@@ -329,13 +332,22 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
     rss_start = proc_rss_mb(worker.pids[0])
     watcher = ResultWatcher(s1.kafka.bootstrap_servers, s1.kafka.results_topic, nparts)
     await watcher.start()
+    multi: Service | None = None
+    watcher2: ResultWatcher | None = None
     try:
         log("fig1: warm-up")
         await run_batch(s1, watcher, 30, "warm")
         out["bodies"] = await check_bodies(stack, s1, watcher, bare, work)
         log("fig1: bodies", out["bodies"]["identical_normalised"])
         rss_idle = proc_rss_mb(worker.pids[0])
+        multi = Service("worker", s2, work, f"worker-{cores}p", processes=cores)
+        multi.start()
+        out["startup_multi_seconds"] = multi.startup_seconds
+        watcher2 = ResultWatcher(s2.kafka.bootstrap_servers, s2.kafka.results_topic, nparts)
+        await watcher2.start()
+        await run_batch(s2, watcher2, 30 * cores, "warm2")
         ours, ref, ours_cpu, ref_cpu, split = [], [], [], [], []
+        rates2, split2 = [], []
         bare_alerts = [alert_json(f"fp-bare-{i}") for i in range(n_bare)]
         for r in range(reps):
             meter = CpuMeter({"worker": lambda: worker.pids, **pids})
@@ -360,6 +372,18 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
                 f"fig1 rep {r}: worker {res['rate']:.1f}/s ({res['statuses']}), "
                 f"bare {ref[-1]:.1f}/s; cpu ms/inv worker {ours_cpu[-1]:.1f} bare {ref_cpu[-1]:.1f}"
             )
+            meter = CpuMeter({"workers": lambda: multi.pids if multi else [], **pids})
+            meter.start()
+            res2 = await run_batch(s2, watcher2, n_worker * cores, f"f2r{r}-{uuid.uuid4().hex[:4]}")
+            cpu = meter.stop()
+            split2.append(
+                {k: round(v / max(1, res2["received"]) * 1000, 2) for k, v in cpu.items()}
+            )
+            rates2.append(res2["rate"])
+            log(
+                f"fig2 rep {r}: {cores} processes {res2['rate']:.1f}/s ({res2['statuses']}), "
+                f"{res2['rate'] / (cores * ours[-1]):.2f} x {cores} x this repetition's 1 process"
+            )
         out["fig1"] = {
             "worker_rate": ours,
             "bare_rate": ref,
@@ -372,43 +396,20 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
             "bare_concurrency": bare_concurrency,
             "llm_calls_per_investigation": res["llm_calls_per_investigation"],
         }
+        out["fig2"] = {
+            "processes": cores,
+            "rate": rates2,
+            "ratio": [a / (cores * b) for a, b in zip(rates2, ours, strict=True) if b],
+            "cpu_split_ms_per_inv": split2,
+        }
         out["rss"] = {"after_start_mb": rss_start, "idle_after_warmup_mb": rss_idle}
     finally:
         await watcher.stop()
         worker.stop()
-
-    # ---- figure 2: one worker process per core ---------------------------------------------------
-    s2 = make_settings(stack, "e2e2-" + uuid.uuid4().hex[:6])
-    await create_topics(
-        s2.kafka.bootstrap_servers,
-        [
-            s2.kafka.alerts_topic,
-            s2.kafka.results_topic,
-            s2.kafka.progress_topic,
-            s2.kafka.dlq_topic,
-        ],
-        partitions=nparts,
-    )
-    multi = Service("worker", s2, work, f"worker-{cores}p", processes=cores)
-    multi.start()
-    out["startup_multi_seconds"] = multi.startup_seconds
-    watcher = ResultWatcher(s2.kafka.bootstrap_servers, s2.kafka.results_topic, nparts)
-    await watcher.start()
-    try:
-        await run_batch(s2, watcher, 30 * cores, "warm2")
-        rates, split = [], []
-        for r in range(reps):
-            meter = CpuMeter({"workers": lambda: multi.pids, **pids})
-            meter.start()
-            res = await run_batch(s2, watcher, n_worker * cores, f"f2r{r}-{uuid.uuid4().hex[:4]}")
-            cpu = meter.stop()
-            split.append({k: round(v / max(1, res["received"]) * 1000, 2) for k, v in cpu.items()})
-            rates.append(res["rate"])
-            log(f"fig2 rep {r}: {cores} processes {res['rate']:.1f}/s ({res['statuses']})")
-        out["fig2"] = {"processes": cores, "rate": rates, "cpu_split_ms_per_inv": split}
-    finally:
-        await watcher.stop()
-        multi.stop()
+        if watcher2 is not None:
+            await watcher2.stop()
+        if multi is not None:
+            multi.stop()
 
     # ---- figure 3 (+6): 1 s LLM, 64 in flight, one process ----------------------------------------
     slow, s3, worker = await start_slow_worker(stack, work, "e2e3", nparts)

@@ -97,16 +97,29 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
     f2 = e.get("fig2")
     if f2 and one:
         m = summary(f2["rate"])
-        target = 0.85 * f2["processes"] * one
-        rows.append(
-            (
-                f"2. end-to-end, {f2['processes']} worker processes (one per core)",
-                fmt(m, "/s"),
-                f"{f2['processes']} × 1-process figure = {f2['processes'] * one:.1f}/s",
-                f"{m['median'] / (f2['processes'] * one):.2f}",
-                f"≥ 0.85 {_met(m['median'], target)}",
+        k = f2["processes"]
+        if f2.get("ratio"):  # per repetition, beside that repetition's 1-process figure
+            ratio = summary(f2["ratio"], 2)
+            rows.append(
+                (
+                    f"2. end-to-end, {k} worker processes (one per core)",
+                    fmt(m, "/s"),
+                    f"{k} × the 1-process figure of the same repetition "
+                    f"(alternating; median {k} × {one} = {k * one:.1f}/s)",
+                    fmt(ratio),
+                    f"≥ 0.85 {_met(ratio['median'], 0.85)}",
+                )
             )
-        )
+        else:  # results of runs before the repetitions alternated
+            rows.append(
+                (
+                    f"2. end-to-end, {k} worker processes (one per core)",
+                    fmt(m, "/s"),
+                    f"{k} × 1-process figure = {k * one:.1f}/s",
+                    f"{m['median'] / (k * one):.2f}",
+                    f"≥ 0.85 {_met(m['median'], 0.85 * k * one)}",
+                )
+            )
     f3 = e.get("fig3")
     if f3 and one:
         m = summary(f3["rate"])
