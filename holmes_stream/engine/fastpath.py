@@ -55,7 +55,9 @@ name, signature or the way it is used):
   every completion litellm maps them to names through ``inspect.signature``, cache or not; with
   none the mapping is ``{}``),
 * ``litellm.utils.executor`` (``QuietSuccessExecutor``: a completion's success logging is not
-  run while no success callback is registered to receive it).
+  run while no success callback is registered to receive it),
+* ``holmes.core.tool_calling_llm.concurrent`` (``toolpool``: a turn's single tool call runs on
+  the agent loop's own thread, inside ``toolpool.agent_loop()`` only).
 
 Every wrapper falls through to the original unless a ``count_tokens`` or ``completion`` call of an
 LLM made here (``create_toolcalling_llm``/``toolcalling_llm``) is running on the current thread
@@ -81,6 +83,8 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, cast
+
+from holmes_stream.engine import toolpool
 
 if TYPE_CHECKING:
     from holmes.config import Config
@@ -548,6 +552,7 @@ def install() -> bool:
         _wrap_body_dumps()
         _wrap_cache_args()
         _quiet_success_logging()
+        toolpool.install()
         _installed = True
         return True
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from holmes_stream import logcontext, metrics
+from holmes_stream.engine import toolpool
 from holmes_stream.engine.base import (
     ChatEngineRequest,
     EngineCancelled,
@@ -664,8 +665,12 @@ def _drain(
 ) -> None:
     try:
         # litellm runs a coroutine after every request: on the thread's own event loop when it
-        # has one, else through asyncio.run (a new loop each time). See fastpath.
-        with thread_event_loop() if fast else contextlib.nullcontext():
+        # has one, else through asyncio.run (a new loop each time). See fastpath. A turn's
+        # single tool call runs on this thread, not on a pool started for it (see toolpool).
+        with (
+            thread_event_loop() if fast else contextlib.nullcontext(),
+            toolpool.agent_loop() if fast else contextlib.nullcontext(),
+        ):
             _stream(ai, messages, stop, events, gate)
     except BaseException as exc:  # handed to the waiting thread, which classifies it
         events.put(("error", exc))
