@@ -812,12 +812,10 @@ class InvestigationService:
         if error is not None or status is Status.COMPLETED:
             record.error = error
         record.result = result
-        # The conversation goes before the terminal event: a chat follow-up may come right after.
+        # The conversation goes with the record, before the terminal event: a chat follow-up
+        # may come right after.
         conversation = result.conversation if result is not None else None
-        record.resolved_at = await self._durably(
-            lambda: self.store.prepare_outcome(record.id, conversation)
-        )
-        await self._durably(lambda: self._publish_outcome(record))
+        await self._durably(lambda: self._publish_outcome(record, conversation))
         outcome = _STATUS_OUTCOME[status]
         metrics.ALERTS_PROCESSED.labels(outcome).inc()
         if record.started_at is not None:
@@ -825,9 +823,11 @@ class InvestigationService:
             metrics.INVESTIGATION_DURATION.labels(outcome).observe(elapsed)
         return outcome
 
-    async def _publish_outcome(self, record: InvestigationRecord) -> None:
+    async def _publish_outcome(
+        self, record: InvestigationRecord, conversation: list[dict[str, Any]] | None
+    ) -> None:
         # A terminal record needs no lease: a redelivery finds it finished.
-        await self.store.put(record, release_lease_of=self._leases.get(record.id))
+        await self.store.store_outcome(record, conversation, self._leases.get(record.id))
         self._leases.pop(record.id, None)
         await self.producers.publish_result(record)
         await self.write_event(record, *terminal_event(record), published=True)

@@ -164,12 +164,23 @@ end
 return 0
 """
 # An outcome stored and its run's lease given back in one step (the lease only if still ours).
-_PUT_RELEASE = """
+# An outcome in one step. KEYS: record, lease, resolution mark, conversation. ARGV: the record,
+# TTL, lease owner, conversation ('' none), the resolution the record carries ('' none). A mark
+# that differs from what the record carries is returned instead ('' for none): the record must
+# carry it (marks are set once, SET NX), so the caller stores it again with it.
+_STORE_OUTCOME = """
+local resolved = redis.call('GET', KEYS[3]) or ''
+if resolved ~= ARGV[5] then
+  return {resolved}
+end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[2])
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if redis.call('GET', KEYS[2]) == ARGV[3] then
   redis.call('DEL', KEYS[2])
 end
-return 1
+return false
 """
 _RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -258,7 +269,7 @@ class RecordStore:
         self._mark_many = redis.register_script(_MARK_PUBLISHED)
         self._renew = redis.register_script(_RENEW_LEASE)
         self._release = redis.register_script(_RELEASE_LEASE)
-        self._put_release = redis.register_script(_PUT_RELEASE)
+        self._store_outcome = redis.register_script(_STORE_OUTCOME)
         self._create = redis.register_script(_CREATE_RECORD)
         self._settle_new = redis.register_script(_SETTLE_NEW)
         self._claim = redis.register_script(_CLAIM)
@@ -391,14 +402,35 @@ class RecordStore:
         raws = await self.redis.mget([self._k("inv", i) for i in ids])
         return [InvestigationRecord.model_validate_json(r) for r in raws if r is not None]
 
-    async def put(self, record: InvestigationRecord, release_lease_of: str | None = None) -> None:
-        """Store ``record``; with ``release_lease_of``, also release that owner's lease on it."""
-        key, value = self._k("inv", record.id), record.model_dump_json()
-        if release_lease_of is None:
-            await self.redis.set(key, value, ex=self.ttl)
-            return
-        lease = self._k("lease", record.id)
-        await self._put_release(keys=[key, lease], args=[value, self.ttl, release_lease_of])
+    async def put(self, record: InvestigationRecord) -> None:
+        await self.redis.set(self._k("inv", record.id), record.model_dump_json(), ex=self.ttl)
+
+    async def store_outcome(
+        self,
+        record: InvestigationRecord,
+        conversation: list[dict[str, Any]] | None = None,
+        release_lease_of: str | None = None,
+    ) -> None:
+        """Store a terminal ``record`` and its conversation, release ``release_lease_of``'s lease
+        on it, and set its ``resolved_at`` to when its episode resolved (``mark_resolved``), if
+        it did: one round trip unless the record learns of a resolution here."""
+        i = record.id
+        keys = [self._k("inv", i), self._k("lease", i), self._k("resolved", i), self._k("conv", i)]
+        talk = to_json(conversation, fallback=str) if conversation else b""
+        while True:
+            resolved = record.resolved_at.isoformat() if record.resolved_at else ""
+            args: list[bytes | str | int] = [
+                record.model_dump_json(),
+                self.ttl,
+                release_lease_of or "",
+                talk,
+                resolved,
+            ]
+            reply = await self._store_outcome(keys=keys, args=args)
+            if reply is None:
+                return
+            mark = reply[0].decode()
+            record.resolved_at = datetime.fromisoformat(mark) if mark else None
 
     def _index_keys(self, record: InvestigationRecord) -> list[str]:
         keys = [self._k("idx", "all"), self._k("idx", "fp", record.fingerprint)]
@@ -588,17 +620,6 @@ class RecordStore:
             pipe.set(self._k("inv", record.id), text, ex=self.ttl)
         await pipe.execute()
         return texts
-
-    async def prepare_outcome(
-        self, investigation_id: str, conversation: list[dict[str, Any]] | None
-    ) -> datetime | None:
-        """Before an outcome is stored: keep its conversation, and read when it resolved."""
-        pipe = self.redis.pipeline(transaction=False)
-        if conversation:
-            self._set_conversation(pipe, investigation_id, conversation)
-        pipe.get(self._k("resolved", investigation_id))
-        raw = (await pipe.execute())[-1]
-        return None if raw is None else datetime.fromisoformat(raw.decode())
 
     async def request_stop(self, investigation_id: str, reason: str) -> None:
         """Ask whichever worker runs the investigation to stop it, now or when it starts."""

@@ -113,3 +113,40 @@ def test_event_json_is_the_models_own() -> None:
         assert _event_json('i-"1"', 7, "failed", payload, to_json(at).decode()) == (
             event.model_dump_json()
         )
+
+
+async def test_store_outcome_carries_the_resolution_conversation_and_lease(stack, uid: str) -> None:
+    """One step stores a finished record with its conversation and releases the owner's lease;
+    a resolution noted meanwhile ends up in the stored record (and the caller's)."""
+    redis = Redis.from_url(stack.endpoints()["redis_url"])
+    store = RecordStore(redis, prefix=f"o{uid}:")
+    try:
+        plain, resolved, foreign = (skipped(n) for n in (1, 2, 3))
+        for record in (plain, resolved, foreign):
+            record.status = Status.COMPLETED
+        await redis.set(f"o{uid}:lease:inv-1", "me")
+        await redis.set(f"o{uid}:lease:inv-3", "someone else")
+        at = await store.mark_resolved(resolved.id, datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+        talk = [{"role": "user", "content": "why?"}, {"role": "assistant", "content": "disk"}]
+
+        await store.store_outcome(plain, talk, release_lease_of="me")
+        await store.store_outcome(resolved, None, release_lease_of="me")
+        await store.store_outcome(foreign, None, release_lease_of="me")
+
+        assert plain.resolved_at is None and await store.get(plain.id) == plain
+        assert await store.get_conversation(plain.id) == talk
+        assert not await redis.exists(f"o{uid}:lease:inv-1")
+        assert resolved.resolved_at == at
+        assert (await store.get(resolved.id)) == resolved
+        assert await store.get_conversation(resolved.id) is None
+        assert await redis.get(f"o{uid}:lease:inv-3") == b"someone else"
+        for i in (1, 2, 3):
+            assert 0 < await redis.ttl(f"o{uid}:inv:inv-{i}") <= store.ttl
+        assert 0 < await redis.ttl(f"o{uid}:conv:inv-1") <= store.ttl
+
+        # A record that believed in a resolution no mark backs loses it, as the mark says.
+        stray = skipped(4, resolved=True)
+        await store.store_outcome(stray)
+        assert stray.resolved_at is None and (await store.get(stray.id)) == stray
+    finally:
+        await redis.aclose()
