@@ -163,11 +163,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# An outcome stored and its run's lease given back in one step (the lease only if still ours).
-# An outcome in one step. KEYS: record, lease, resolution mark, conversation. ARGV: the record,
-# TTL, lease owner, conversation ('' none), the resolution the record carries ('' none). A mark
-# that differs from what the record carries is returned instead ('' for none): the record must
-# carry it (marks are set once, SET NX), so the caller stores it again with it.
+# An outcome in one step: the record, its conversation, and its run's lease given back (only if
+# still ours). KEYS: record, lease, resolution mark, conversation. ARGV: the record, TTL, lease
+# owner, conversation ('' none), the resolution the record carries ('' none). A mark that
+# differs from what the record carries is returned instead ('' for none): the record must carry
+# it (marks are set once, SET NX), so the caller stores it again with it.
 _STORE_OUTCOME = """
 local resolved = redis.call('GET', KEYS[3]) or ''
 if resolved ~= ARGV[5] then
@@ -231,6 +231,11 @@ def _record_json(record: InvestigationRecord) -> bytes:
 
 
 _RECORD_SERIALIZER = InvestigationRecord.__pydantic_serializer__
+
+
+def _conversation_json(messages: list[dict[str, Any]]) -> bytes:
+    # Tool outputs may hold values JSON has no type for: their text instead.
+    return to_json(messages, fallback=str)
 
 
 def _event_json(
@@ -416,7 +421,7 @@ class RecordStore:
         it did: one round trip unless the record learns of a resolution here."""
         i = record.id
         keys = [self._k("inv", i), self._k("lease", i), self._k("resolved", i), self._k("conv", i)]
-        talk = to_json(conversation, fallback=str) if conversation else b""
+        talk = _conversation_json(conversation) if conversation else b""
         while True:
             resolved = record.resolved_at.isoformat() if record.resolved_at else ""
             args: list[bytes | str | int] = [
@@ -644,14 +649,8 @@ class RecordStore:
     # -- chat follow-ups --------------------------------------------------------------------
     async def put_conversation(self, investigation_id: str, messages: list[dict[str, Any]]) -> None:
         """HolmesGPT's conversation of a finished investigation (no system prompt), for chat."""
-        await self._set_conversation(self.redis, investigation_id, messages)
-
-    def _set_conversation(
-        self, client: Any, investigation_id: str, messages: list[dict[str, Any]]
-    ) -> Any:
-        return client.set(
-            self._k("conv", investigation_id), to_json(messages, fallback=str), ex=self.ttl
-        )
+        key = self._k("conv", investigation_id)
+        await self.redis.set(key, _conversation_json(messages), ex=self.ttl)
 
     async def get_conversation(self, investigation_id: str) -> list[dict[str, Any]] | None:
         raw = await self.redis.get(self._k("conv", investigation_id))
