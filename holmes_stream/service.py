@@ -208,16 +208,11 @@ class EventPump:
         self._record = record
         self._loop = asyncio.get_running_loop()
         self._last: asyncio.Future[ProgressEvent] | None = None
-        self._closed = False
 
     def emit_threadsafe(self, type_: str, payload: dict[str, Any]) -> None:
         self._loop.call_soon_threadsafe(self._write, type_, payload)
 
     def _write(self, type_: str, payload: dict[str, Any]) -> None:
-        if self._closed:
-            # From an agent loop its attempt gave up on (cancelled, timed out) that had one
-            # more step under way: the attempt's outcome, written next, stays the last event.
-            return
         # What the engine reports was built from redacted input and redacted tool output.
         written = self._service.write_event(
             self._record, type_, payload, redact=not self._service._engine_redacts
@@ -230,10 +225,8 @@ class EventPump:
             log.warning("progress event lost", extra={"investigation_id": self._record.id})
 
     async def close(self) -> None:
-        """Returns once every event emitted so far is written (or lost, and logged); later ones
-        are dropped."""
+        """Returns once every event emitted so far is written (or lost, and logged)."""
         # The engine's thread queued its last event before its result reached this loop.
-        self._closed = True
         if self._last is not None:
             await asyncio.wait([self._last])
 

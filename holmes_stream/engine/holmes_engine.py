@@ -13,9 +13,10 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from holmes_stream import logcontext, metrics
@@ -357,15 +358,10 @@ class HolmesEngine:
         except Exception as exc:
             raise classify_exception(exc) from exc
         collector = _ResultCollector()
-
-        def on_event(event: str, data: dict[str, Any]) -> None:
-            # On the agent loop's own thread: each event goes to the service without waking this
-            # supervising thread, which would take the GIL from the loop (64 loops queue for it).
+        for event, data in self._run(ai, messages, cancel, deadline, gate):
             collector.add(event, data)
             if event in FORWARDED_EVENTS:
                 emit(event, event_payload(event, data))
-
-        self._run(ai, messages, cancel, deadline, on_event, gate)
         return collector.result(entry)
 
     def _run(
@@ -374,30 +370,38 @@ class HolmesEngine:
         messages: list[dict[str, Any]],
         cancel: threading.Event,
         deadline: float,
-        on_event: Callable[[str, dict[str, Any]], None],
         gate: StepGate | None = None,
-    ) -> None:
-        """Run HolmesGPT's loop on a thread of its own, which hands each event to ``on_event``;
-        return when it ends, raise an EngineError when it fails, is cancelled or overruns."""
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Yield (event, data) from HolmesGPT's loop; raise an EngineError when it fails."""
         stop = threading.Event()
-        run = _LoopRun()
+        events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         runner = threading.Thread(
             # HolmesGPT's own log lines carry the investigation's log context and trace.
             target=logcontext.in_context(_drain),
-            args=(ai, messages, stop, cancel, run, on_event, gate, self.fast),
+            args=(ai, messages, stop, events, gate, self.fast),
             name="holmes-loop",
             daemon=True,
         )
         runner.start()
         try:
-            self._wait(run, cancel, deadline)
+            while True:
+                kind, item = self._next(events, cancel, deadline)
+                if kind == "event":
+                    yield item
+                elif kind == "done":
+                    return
+                else:
+                    raise self._failure(item, cancel)
         finally:
             # Any exit but a finished loop (cancel, timeout, a failing emit) stops the runner at its
             # next step; its blocking LLM request ends at the litellm request timeout.
             stop.set()
 
-    def _wait(self, run: _LoopRun, cancel: threading.Event, deadline: float) -> None:
+    def _next(
+        self, events: queue.SimpleQueue[tuple[str, Any]], cancel: threading.Event, deadline: float
+    ) -> tuple[str, Any]:
         stall = self._settings.step_timeout_seconds
+        stalled_at = time.monotonic() + stall if stall else None
         while True:
             if cancel.is_set():
                 raise EngineCancelled("cancelled")
@@ -407,13 +411,13 @@ class HolmesEngine:
                 raise InvestigationTimeout(
                     f"timeout: investigation exceeded {self._settings.timeout_seconds:g}s"
                 )
-            if stall and now >= run.last_step + stall:
+            if stalled_at is not None and now >= stalled_at:
                 # The model (or a tool) hangs: leave it to its request timeout, try the next one.
                 raise StepTimeout(f"timeout: no agent step for {stall:g}s")
-            if run.done.wait(timeout=min(POLL_SECONDS, remaining)):
-                if run.error is not None:
-                    raise self._failure(run.error, cancel)
-                return
+            try:
+                return events.get(timeout=min(POLL_SECONDS, remaining))
+            except queue.Empty:
+                continue
 
     @staticmethod
     def _failure(exc: BaseException, cancel: threading.Event) -> EngineError:
@@ -651,26 +655,11 @@ def _short_error(exc: BaseException) -> str:
     return _truncate(str(exc) or type(exc).__name__, 500)
 
 
-class _LoopRun:
-    """How an agent loop's run stands, written by its thread, read by the one supervising it."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.error: BaseException | None = None
-        self.last_step = time.monotonic()  # when the loop last reported an event
-
-    def finish(self, error: BaseException | None = None) -> None:
-        self.error = error
-        self.done.set()
-
-
 def _drain(
     ai: ToolCallingLLM,
     messages: list[dict[str, Any]],
     stop: threading.Event,
-    cancel: threading.Event,
-    run: _LoopRun,
-    on_event: Callable[[str, dict[str, Any]], None],
+    events: queue.SimpleQueue[tuple[str, Any]],
     gate: StepGate | None = None,
     fast: bool = True,
 ) -> None:
@@ -682,35 +671,28 @@ def _drain(
             thread_event_loop() if fast else contextlib.nullcontext(),
             toolpool.agent_loop() if fast else contextlib.nullcontext(),
         ):
-            ended = _stream(ai, messages, stop, cancel, run, on_event, gate)
+            _stream(ai, messages, stop, events, gate)
     except BaseException as exc:  # handed to the waiting thread, which classifies it
-        run.finish(exc)
-    else:
-        run.finish(None if ended else EngineCancelled("stopped before its end"))
+        events.put(("error", exc))
 
 
 def _stream(
     ai: ToolCallingLLM,
     messages: list[dict[str, Any]],
     stop: threading.Event,
-    cancel: threading.Event,
-    run: _LoopRun,
-    on_event: Callable[[str, dict[str, Any]], None],
+    events: queue.SimpleQueue[tuple[str, Any]],
     gate: StepGate | None,
-) -> bool:
-    """True when HolmesGPT's loop ran to its end, False when it was stopped before."""
+) -> None:
     for message in ai.call_stream(msgs=messages, cancel_event=stop):
-        if stop.is_set():  # the supervisor gave up on this run: nothing more is reported
-            return False
+        if stop.is_set():
+            return
         name = _event_name(message.event)
-        run.last_step = time.monotonic()
-        on_event(name, message.data)
-        # The gate runs on the loop's own thread, so a "no" stops it before its next step; so
-        # does a cancel that came meanwhile (the supervisor sees it within POLL_SECONDS).
-        if cancel.is_set() or (gate is not None and not gate(name, message.data)):
+        events.put(("event", (name, message.data)))
+        # The gate runs on the loop's own thread, so a "no" stops it before its next step.
+        if gate is not None and not gate(name, message.data):
             stop.set()
-            return False
-    return True
+            return
+    events.put(("done", None))
 
 
 def _event_name(event: Any) -> str:
