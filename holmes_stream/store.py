@@ -408,7 +408,7 @@ class RecordStore:
         return [InvestigationRecord.model_validate_json(r) for r in raws if r is not None]
 
     async def put(self, record: InvestigationRecord) -> None:
-        await self.redis.set(self._k("inv", record.id), record.model_dump_json(), ex=self.ttl)
+        await self.redis.set(self._k("inv", record.id), _record_json(record), ex=self.ttl)
 
     async def store_outcome(
         self,
@@ -425,7 +425,7 @@ class RecordStore:
         while True:
             resolved = record.resolved_at.isoformat() if record.resolved_at else ""
             args: list[bytes | str | int] = [
-                record.model_dump_json(),
+                _record_json(record),
                 self.ttl,
                 release_lease_of or "",
                 talk,
