@@ -179,9 +179,48 @@ def test_memo_is_off_outside_fast_llms() -> None:
 def test_token_memo_is_bounded() -> None:
     memo = fastpath.TokenMemo(len, max_chars=10)
     assert memo("abcdef") == 6 and memo("abcdef") == 6
-    assert (memo.hits, memo.misses) == (1, 1)
+    assert (memo.cache.hits, memo.cache.misses) == (1, 1)
     memo("ghijkl")  # pushes the first entry out
-    assert "abcdef" not in memo._cache and memo._chars <= 10
+    assert "abcdef" not in memo.cache and memo.cache.weight == 6
+
+
+def test_weighted_lru_evicts_least_recently_used() -> None:
+    lru: fastpath.WeightedLru[str, int] = fastpath.WeightedLru(max_weight=10)
+    lru.put("a", 1, 4)
+    lru.put("b", 2, 4)
+    assert lru.get("a") == 1  # now the most recent
+    lru.put("c", 3, 4)  # over the bound: the least recent ("b") goes
+    assert ("a" in lru, "b" in lru, "c" in lru) == (True, False, True)
+    lru.put("a", 99, 4)  # present: kept as it is
+    assert lru.get("a") == 1 and lru.weight == 8 and lru.get("b") is None
+
+
+def test_weighted_lru_stays_exact_under_racing_threads() -> None:
+    """Lock-free hits racing with insertions and evictions: every answer is the stored value,
+    and the weight total matches the entries and their bound."""
+    lru: fastpath.WeightedLru[int, int] = fastpath.WeightedLru(max_weight=300)
+    wrong: list[tuple[int, int]] = []
+    start = threading.Barrier(8)
+
+    def work(seed: int) -> None:
+        start.wait()
+        for i in range(20_000):
+            key = (i * 7 + seed * 13) % 97
+            value = lru.get(key)
+            if value is None:
+                lru.put(key, key * 3, 1 + key % 9)
+            elif value != key * 3:
+                wrong.append((key, value))
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not wrong
+    entries = list(lru._entries.items())
+    assert lru.weight == sum(w for _, (_, w) in entries) <= 300
+    assert all(value == key * 3 and w == 1 + key % 9 for key, (value, w) in entries)
 
 
 def test_system_prompt_cache_follows_toolset_state(engines: dict[str, HolmesEngine]) -> None:
@@ -191,7 +230,7 @@ def test_system_prompt_cache_follows_toolset_state(engines: dict[str, HolmesEngi
     toolsets = ai.tool_executor.toolsets
     cache = fastpath.SystemPromptCache()
     first = cache.get(toolsets, None)
-    assert cache.get(toolsets, None) is first and cache.hits == 1
+    assert cache.get(toolsets, None) is first and cache.cache.hits == 1
     ours = next(ts for ts in toolsets if ts.name == "holmes_stream")
     changed = [ts for ts in toolsets if ts is not ours] + [
         ours.model_copy(update={"status": ToolsetStatusEnum.FAILED, "error": "redis down"})
@@ -340,7 +379,7 @@ def test_whole_conversation_counts_equal_litellms() -> None:
             for _ in range(2):  # computed, then remembered
                 got = counts.total("openai/scripted", messages, with_tools)
                 assert got == expected, (messages, with_tools)
-    assert counts.hits and counts.misses
+    assert counts.cache.hits and counts.cache.misses
 
 
 def test_litellm_counts_messages_one_by_one_and_ignores_int_fields() -> None:
@@ -368,8 +407,8 @@ def test_whole_conversation_memo_is_scoped() -> None:
     assert fastpath.install()
     wrapper = litellm.token_counter
     assert wrapper.__holmes_stream_memo__
-    stats = fastpath._message_counts
-    assert stats is not None
+    assert fastpath._message_counts is not None
+    stats = fastpath._message_counts.cache
     before = (stats.hits, stats.misses)
     messages = _shapes()[1][0]
     # Outside our LLMs' calls (the bare SDK) litellm counts everything itself.

@@ -82,7 +82,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from holmes_stream.engine import toolpool
 
@@ -92,6 +92,9 @@ if TYPE_CHECKING:
     from jinja2 import Template
 
 log = logging.getLogger(__name__)
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 # What is patched and wrapped; tests/test_engine_fastpath.py checks they still exist.
 TOKEN_COUNTER_MODULE = "litellm.litellm_core_utils.token_counter"
@@ -123,40 +126,69 @@ _installed = False
 # -- token counting ---------------------------------------------------------------------------
 
 
+class WeightedLru(Generic[K, V]):
+    """An LRU map for many threads, bounded by the total weight of its entries.
+
+    A hit takes no lock: under the GIL each ``OrderedDict`` call is atomic, and a lock around
+    every lookup queued the agent loops' threads on it (64 threads counting the same messages:
+    about three times the CPU of the lock-free lookup, ``tests/test_engine_fastpath.py`` has the
+    race). Insertion and eviction hold the lock, so the weight total stays exact; a hit may
+    move an entry another thread has just evicted, which is then simply gone."""
+
+    def __init__(self, max_weight: int) -> None:
+        self._max_weight = max_weight
+        self._weight = 0
+        self._entries: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0  # statistics: increments may race, nothing depends on them
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+    @property
+    def weight(self) -> int:
+        return self._weight
+
+    def get(self, key: K) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        with contextlib.suppress(KeyError):  # evicted meanwhile
+            self._entries.move_to_end(key)
+        self.hits += 1
+        return entry[0]
+
+    def put(self, key: K, value: V, weight: int) -> None:
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (value, weight)
+            self._weight += weight
+            while self._weight > self._max_weight and self._entries:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self._weight -= evicted
+
+
 class TokenMemo:
-    """A thread-safe LRU of text → token count for one tokenizer, bounded by total characters."""
+    """text → token count for one tokenizer, bounded by total characters."""
 
     def __init__(self, count: Callable[[str], int], max_chars: int = MEMO_MAX_CHARS) -> None:
         self._count = count
-        self._max_chars = max_chars
-        self._chars = 0
-        self._cache: OrderedDict[str, int] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self.cache: WeightedLru[str, int] = WeightedLru(max_chars)
 
     def __call__(self, text: str) -> int:
-        with self._lock:
-            cached = self._cache.get(text)
-            if cached is not None:
-                self._cache.move_to_end(text)
-                self.hits += 1
-                return cached
-            self.misses += 1
+        cached = self.cache.get(text)
+        if cached is not None:
+            return cached
         count = self._count(text)
         if len(text) <= MEMO_MAX_ENTRY_CHARS:
-            self._remember(text, count)
+            self.cache.put(text, count, len(text))
         return count
-
-    def _remember(self, text: str, count: int) -> None:
-        with self._lock:
-            if text in self._cache:
-                return
-            self._cache[text] = count
-            self._chars += len(text)
-            while self._chars > self._max_chars and self._cache:
-                evicted, _ = self._cache.popitem(last=False)
-                self._chars -= len(evicted)
 
 
 _memos: dict[str, TokenMemo] = {}
@@ -278,30 +310,14 @@ class MessageCounts:
 
     def __init__(self, count: Callable[..., int], max_chars: int = MESSAGE_MEMO_MAX_CHARS) -> None:
         self._count = count
-        self._max_chars = max_chars
-        self._chars = 0
-        self._cache: OrderedDict[tuple[Any, ...], int] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        self.cache: WeightedLru[tuple[Any, ...], int] = WeightedLru(max_chars)
 
     def _get(self, key: tuple[Any, ...], compute: Callable[[], int], chars: int) -> int:
-        with self._lock:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                self.hits += 1
-                return cached
-            self.misses += 1
-        value = compute()
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = value
-                self._chars += chars
-                while self._chars > self._max_chars and self._cache:
-                    evicted, _ = self._cache.popitem(last=False)
-                    self._chars -= _chars_of(evicted)
-        return value
+        cached = self.cache.get(key)
+        if cached is None:
+            cached = compute()
+            self.cache.put(key, cached, chars)
+        return cached
 
     def single(self, model: str, message: Any, key: tuple[Any, ...]) -> int:
         return self._get(
@@ -342,14 +358,6 @@ class MessageCounts:
             system = any(m.get("role") == "system" for m in messages)
             total += self.extra(model, tools, tools_json, system)
         return total
-
-
-def _chars_of(key: tuple[Any, ...]) -> int:
-    if key[0] == "message":
-        return _key_chars(key[2])
-    if key[0] == "tools":
-        return len(key[3]) + 64
-    return 64
 
 
 _message_counts: MessageCounts | None = None
@@ -582,18 +590,15 @@ def memoise_token_counts(ai: ToolCallingLLM) -> None:
 
 
 def memo_stats() -> dict[str, dict[str, int]]:
-    stats = {
-        model: {"hits": memo.hits, "misses": memo.misses, "entries": len(memo._cache)}
-        for model, memo in list(_memos.items())
+    caches: dict[str, WeightedLru[Any, int]] = {
+        model: memo.cache for model, memo in list(_memos.items())
     }
     if _message_counts is not None:
-        counts = _message_counts
-        stats["<messages>"] = {
-            "hits": counts.hits,
-            "misses": counts.misses,
-            "entries": len(counts._cache),
-        }
-    return stats
+        caches["<messages>"] = _message_counts.cache
+    return {
+        name: {"hits": cache.hits, "misses": cache.misses, "entries": len(cache)}
+        for name, cache in caches.items()
+    }
 
 
 # -- prompts ----------------------------------------------------------------------------------
@@ -658,12 +663,8 @@ class SystemPromptCache:
     """``build_system_prompt`` results, keyed by everything the template reads."""
 
     def __init__(self, size: int = SYSTEM_PROMPT_CACHE_SIZE) -> None:
-        self._size = size
-        # key -> (toolsets kept alive so their ids in the key stay unique, prompt)
-        self._entries: OrderedDict[tuple[Any, ...], tuple[list[Any], str | None]] = OrderedDict()
-        self._lock = threading.Lock()
-        self.hits = 0
-        self.misses = 0
+        # key -> (toolsets kept alive so their ids in the key stay unique, prompt); weight 1
+        self.cache: WeightedLru[tuple[Any, ...], tuple[list[Any], str | None]] = WeightedLru(size)
 
     @staticmethod
     def key(toolsets: list[Any], cluster_name: str | None) -> tuple[Any, ...]:
@@ -684,19 +685,11 @@ class SystemPromptCache:
 
     def get(self, toolsets: list[Any], cluster_name: str | None) -> str | None:
         key = self.key(toolsets, cluster_name)
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return entry[1]
-            self.misses += 1
-        prompt = self._build(toolsets, cluster_name)
-        with self._lock:
-            self._entries[key] = (list(toolsets), prompt)
-            while len(self._entries) > self._size:
-                self._entries.popitem(last=False)
-        return prompt
+        entry = self.cache.get(key)
+        if entry is None:
+            entry = (list(toolsets), self._build(toolsets, cluster_name))
+            self.cache.put(key, entry, 1)
+        return entry[1]
 
     @staticmethod
     def _build(toolsets: list[Any], cluster_name: str | None) -> str | None:
