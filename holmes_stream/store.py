@@ -16,6 +16,7 @@ Keys (prefix ``p``, default ``hs:``):
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,6 +66,7 @@ end
 
 # A record and its index entries appear together or not at all (a crash between the two
 # would leave a record that no listing shows). Returns the existing record, if there is one.
+# Every index write also drops the entries created before ARGV[5] (``_index_cutoff``).
 _CREATE_RECORD = """
 local existing = redis.call('GET', KEYS[1])
 if existing then
@@ -73,6 +75,7 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 for i = 2, #KEYS do
   redis.call('ZADD', KEYS[i], ARGV[3], ARGV[4])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[5])
   redis.call('EXPIRE', KEYS[i], ARGV[2])
 end
 return false
@@ -92,7 +95,7 @@ return false
 # inside ARGV[1], where every quote of a record would be escaped, then unescaped by Lua).
 # Index entries go in one ZADD per index (and chunk): the outcomes of a batch share most
 # indexes. Returns per outcome {1, existing record, 1 if its result was published} or {0, the
-# terminal event's seq}: 1 when derived.
+# terminal event's seq}: 1 when derived. ARGV[6]: the index cutoff (``_index_cutoff``).
 _SETTLE_NEW = """
 local out, members, ttl, p = {}, {}, ARGV[2], ARGV[4]
 local records, at = ARGV[5], 1
@@ -132,6 +135,7 @@ for index, m in pairs(members) do
   for i = 1, #m, 1000 do
     redis.call('ZADD', index, unpack(m, i, math.min(i + 999, #m)))
   end
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. ARGV[6])
   redis.call('EXPIRE', index, ttl)
 end
 return out
@@ -141,12 +145,14 @@ return out
 # taken unless that record is finished, with any stop request: one round trip, not four.
 # Returns {existing record or false, 1 if the lease was taken, the stop reason or false,
 # 1 if that record is finished and its result was published (ARGV[8] is its mark's key)}.
+# ARGV[9]: the index cutoff (``_index_cutoff``).
 _CLAIM = """
 local existing = redis.call('GET', KEYS[1])
 if not existing then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
   for i = 4, #KEYS do
     redis.call('ZADD', KEYS[i], ARGV[3], ARGV[4])
+    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. ARGV[9])
     redis.call('EXPIRE', KEYS[i], ARGV[2])
   end
 elseif string.find(ARGV[7], ',' .. cjson.decode(existing)['status'] .. ',', 1, true) then
@@ -310,7 +316,13 @@ class RecordStore:
     async def create(self, record: InvestigationRecord) -> tuple[InvestigationRecord, bool]:
         """Store ``record`` unless one exists for its id; return the stored one and whether new."""
         keys = [self._k("inv", record.id), *self._index_keys(record)]
-        args = [record.model_dump_json(), self.ttl, record.created_at.timestamp(), record.id]
+        args = [
+            record.model_dump_json(),
+            self.ttl,
+            record.created_at.timestamp(),
+            record.id,
+            self._index_cutoff(),
+        ]
         existing = await self._create(keys=keys, args=cast(list[str | float], args))
         if existing is None:
             return record, True
@@ -334,6 +346,7 @@ class RecordStore:
             int(lease_seconds * 1000),
             _TERMINAL_STATUSES,
             self._k("pub", i),
+            self._index_cutoff(),
         ]
         existing, leased, stop, published = await self._claim(keys=keys, args=args)
         stored = record if existing is None else InvestigationRecord.model_validate_json(existing)
@@ -375,7 +388,14 @@ class RecordStore:
                 }
             )
         replies = await self._settle_new(
-            args=[to_json(batch), self.ttl, self.events_max_len, self.prefix, b"".join(bodies)]
+            args=[
+                to_json(batch),
+                self.ttl,
+                self.events_max_len,
+                self.prefix,
+                b"".join(bodies),
+                self._index_cutoff(),
+            ]
         )
         out: list[Settlement] = []
         for item, kind, body, (found, reply, *published) in zip(
@@ -436,6 +456,15 @@ class RecordStore:
                 return
             mark = reply[0].decode()
             record.resolved_at = datetime.fromisoformat(mark) if mark else None
+
+    def _index_cutoff(self) -> int:
+        """Index entries of records created before this (epoch seconds) are dropped whenever
+        the index is written. Each write renews an index's expiry, so without it an index in
+        use (all records, one alert name) would keep the entries of expired records forever.
+        Two TTLs back: a record lives a TTL from its last write, which comes later than its
+        creation (resolutions rewrite it), so one older than that is gone but for an episode
+        rewritten more than a TTL after it began (still found by id, no longer listed)."""
+        return int(time.time()) - 2 * self.ttl
 
     def _index_keys(self, record: InvestigationRecord) -> list[str]:
         keys = [self._k("idx", "all"), self._k("idx", "fp", record.fingerprint)]

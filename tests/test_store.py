@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pydantic_core import to_json
 from redis.asyncio import Redis
@@ -148,5 +148,46 @@ async def test_store_outcome_carries_the_resolution_conversation_and_lease(stack
         stray = skipped(4, resolved=True)
         await store.store_outcome(stray)
         assert stray.resolved_at is None and (await store.get(stray.id)) == stray
+    finally:
+        await redis.aclose()
+
+
+async def test_index_writes_drop_entries_of_records_older_than_two_ttls(stack, uid: str) -> None:
+    """Every path that indexes a record trims the indexes it writes: entries created more than
+    two TTLs ago go (their records expired), younger ones stay. Without it an index in use
+    renews its expiry on every write and keeps every entry forever."""
+    redis = Redis.from_url(stack.endpoints()["redis_url"])
+    ttl = 1000
+    store = RecordStore(redis, prefix=f"t{uid}:", ttl_seconds=ttl)
+    now = datetime.now(UTC)
+
+    def made(n: int, age: float) -> InvestigationRecord:
+        record = skipped(n).model_copy(update={"fingerprint": "fp-shared"})
+        return record.model_copy(update={"created_at": now - timedelta(seconds=age)})
+
+    async def members(*index: str) -> set[str]:
+        return {m.decode() for m in await redis.zrange(f"t{uid}:idx:{':'.join(index)}", 0, -1)}
+
+    async def seed(*index: str) -> None:
+        # Entries written by earlier writes: one past the cutoff, one just inside it.
+        key = f"t{uid}:idx:{':'.join(index)}"
+        await redis.zadd(key, {"old": now.timestamp() - 2 * ttl - 60})
+        await redis.zadd(key, {"young": now.timestamp() - 2 * ttl + 60})
+
+    try:
+        for write in (
+            lambda: store.settle_many([made(1, 0)]),
+            lambda: store.create(made(2, 0)),
+            lambda: store.claim(made(3, 0).model_copy(update={"status": Status.QUEUED}), "w", 30),
+        ):
+            await redis.delete(*[f"t{uid}:idx:{i}" for i in ("all", "fp:fp-shared", "untenanted")])
+            await seed("all")
+            await seed("fp", "fp-shared")
+            await seed("untenanted")
+            await write()
+            for index in (("all",), ("fp", "fp-shared"), ("untenanted",)):
+                got = await members(*index)
+                assert "old" not in got and "young" in got and len(got) == 2, (index, got)
+                assert 0 < await redis.ttl(f"t{uid}:idx:{':'.join(index)}") <= ttl
     finally:
         await redis.aclose()

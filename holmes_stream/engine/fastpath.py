@@ -836,8 +836,7 @@ def cache_tool_schemas(executor: Any) -> None:
     def get_base_tools() -> list[Any]:
         tools = list(executor.tools_by_name.items())
         key = tuple((name, id(tool), tool.description) for name, tool in tools)
-        with lock:
-            entry = cached.get("entry")
+        entry = cached.get("entry")  # replaced whole (under the lock), read without it
         if entry is None or entry[0] != key:
             schemas = base()
             if not plain_json((schemas,)):

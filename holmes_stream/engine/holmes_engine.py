@@ -430,6 +430,8 @@ class HolmesEngine:
     # -- HolmesGPT objects --------------------------------------------------------------------
 
     def _get_config(self) -> Config:
+        if self._config is not None:  # built once: read without the lock the build takes
+            return self._config
         with self._lock:
             if self._config is None:
                 self._config = self._build_config()
@@ -507,10 +509,9 @@ class HolmesEngine:
         from holmes.core.tools_utils.tool_executor import ToolExecutor
 
         key = frozenset(wanted)
-        with self._lock:
-            cached = self._executors.get(key)
-            if cached is not None:
-                return cached
+        cached = self._executors.get(key)  # entries are only added (under the lock)
+        if cached is not None:
+            return cached
         enabled = {ts.name for ts in base.toolsets if ts.status == ToolsetStatusEnum.ENABLED}
         unknown = sorted(key - enabled)
         if unknown:
