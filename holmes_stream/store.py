@@ -86,16 +86,19 @@ return false
 # exists. Its terminal event is not stored: it is the record's only event and derived from it
 # on reading (``schemas.derived_events``), which spares Redis a stream and a counter per
 # outcome, more than half of its work and memory here. Only where events of that id are
-# stored already (a record gone before its stream) is it appended to them. ARGV[1]: a JSON
-# array of outcomes (one argument for the whole batch: packing hundreds of keys and arguments
-# costs the client more than this costs Redis), ARGV[2] the TTL, ARGV[3] the stream length
-# cap, ARGV[4] the key prefix: an outcome's own keys are made here from its id, as
+# stored already (a record gone before its stream) is it appended to them: an outcome comes
+# without its event (most never need it; it would be most of the argument), and one whose id
+# has a stream is left unstored, for the caller to settle again with its event. ARGV[1]: a
+# JSON array of outcomes (one argument for the whole batch: packing hundreds of keys and
+# arguments costs the client more than this costs Redis), ARGV[2] the TTL, ARGV[3] the stream
+# length cap, ARGV[4] the key prefix: an outcome's own keys are made here from its id, as
 # ``RecordStore._k`` makes them (``tests/test_store.py`` reads them back through the store),
 # ARGV[5] the records' JSON one after the other, each outcome giving its size in bytes (not
-# inside ARGV[1], where every quote of a record would be escaped, then unescaped by Lua).
-# Index entries go in one ZADD per index (and chunk): the outcomes of a batch share most
-# indexes. Returns per outcome {1, existing record, 1 if its result was published} or {0, the
-# terminal event's seq}: 1 when derived. ARGV[6]: the index cutoff (``_index_cutoff``).
+# inside ARGV[1], where every quote of a record would be escaped, then unescaped by Lua),
+# ARGV[6] the index cutoff (``_index_cutoff``). Index entries go in one ZADD per index (and
+# chunk): the outcomes of a batch share most indexes. Returns per outcome {1, existing record,
+# 1 if its result was published}, {0, the terminal event's seq} (1: derived), or {2}: not
+# stored, its id has a stream and the outcome came without its event.
 _SETTLE_NEW = """
 local out, members, ttl, p = {}, {}, ARGV[2], ARGV[4]
 local records, at = ARGV[5], 1
@@ -103,8 +106,11 @@ for n, o in ipairs(cjson.decode(ARGV[1])) do
   local id, from = o.id, at
   at = at + o.size
   local existing = redis.call('GET', p .. 'inv:' .. id)
+  local stream = p .. 'ev:' .. id
   if existing then
     out[n] = {1, existing, redis.call('EXISTS', p .. 'pub:' .. id)}
+  elseif not o.event and redis.call('EXISTS', stream) == 1 then
+    out[n] = {2}
   else
     redis.call('SET', p .. 'inv:' .. id, string.sub(records, from, at - 1), 'EX', ttl)
     for _, index in ipairs(o.index_keys) do
@@ -119,8 +125,8 @@ for n, o in ipairs(cjson.decode(ARGV[1])) do
     if o.resolved ~= '' then
       redis.call('SET', p .. 'resolved:' .. id, o.resolved, 'NX', 'EX', ttl)
     end
-    local stream, seq = p .. 'ev:' .. id, 1
-    if redis.call('EXISTS', stream) == 1 then
+    local seq = 1
+    if o.event then
       local counter = p .. 'evseq:' .. id
       seq = redis.call('INCR', counter)
       local event = string.gsub(o.event, '"seq":1', '"seq":' .. seq, 1)
@@ -280,6 +286,8 @@ class RecordStore:
         self.prefix = prefix
         self.ttl = ttl_seconds
         self.events_max_len = events_max_len
+        self._idx = self._k("idx", "")
+        self._idx_all, self._idx_untenanted = self._k("idx", "all"), self._k("idx", "untenanted")
         self._append_many = redis.register_script(_APPEND_EVENTS)
         self._mark_many = redis.register_script(_MARK_PUBLISHED)
         self._renew = redis.register_script(_RENEW_LEASE)
@@ -363,58 +371,69 @@ class RecordStore:
 
     async def settle_many(self, records: Sequence[InvestigationRecord]) -> list[Settlement]:
         """Store terminal records that never ran (``never_ran``) unless a record exists for
-        their ids. One round trip for all of them.
+        their ids. One round trip for all of them (two if events of some id are stored).
 
         Each stored one comes back with its terminal event (as ``derived_events`` derives it,
         unless an older stream of its id numbers it further), for the progress topic.
         """
-        batch: list[dict[str, Any]] = []
-        types: list[str] = []
+        outcomes: list[dict[str, Any]] = []
+        events: list[StoredEvent] = []
         moments: dict[datetime, str] = {}  # a batch's records share their finish
         bodies: list[bytes] = []
         for record in records:
             i = record.id
             type_, payload = terminal_event(record)
-            types.append(type_)
             at = record.finished_at or record.created_at
             if (at_json := moments.get(at)) is None:
                 at_json = moments[at] = to_json(at).decode()
+            events.append(StoredEvent(i, 1, type_, _event_json(i, 1, type_, payload, at_json)))
             body = _record_json(record)
             bodies.append(body)
-            batch.append(
+            outcomes.append(
                 {
                     "id": i,
                     "size": len(body),
                     "index_keys": self._index_keys(record),
                     "score": record.created_at.timestamp(),
                     "resolved": record.resolved_at.isoformat() if record.resolved_at else "",
-                    "event": _event_json(i, 1, type_, payload, at_json),
                 }
             )
-        replies = await self._settle_new(
-            args=[
-                to_json(batch),
-                self.ttl,
-                self.events_max_len,
-                self.prefix,
-                b"".join(bodies),
-                self._index_cutoff(),
-            ]
-        )
+        replies = await self._settle(outcomes, bodies)
+        # Left unstored: their ids have streams, to which their events are appended.
+        again = [n for n, reply in enumerate(replies) if reply[0] == 2]
+        if again:
+            for n in again:
+                outcomes[n]["event"] = events[n].text
+            redone = await self._settle([outcomes[n] for n in again], [bodies[n] for n in again])
+            for n, reply in zip(again, redone, strict=True):
+                replies[n] = reply
         out: list[Settlement] = []
-        for item, kind, body, (found, reply, *published) in zip(
-            batch, types, bodies, replies, strict=True
-        ):
-            if found:
-                existing = InvestigationRecord.model_validate_json(reply)
-                out.append(Settlement(existing, None, body, bool(published[0])))
-            else:
-                seq, text = int(reply), item["event"]
-                if seq != 1:
-                    text = text.replace('"seq":1', f'"seq":{seq}', 1)
-                event = StoredEvent(item["id"], seq, kind, text)
-                out.append(Settlement(None, event, body))
+        for event, body, reply in zip(events, bodies, replies, strict=True):
+            if reply[0] == 1:
+                existing = InvestigationRecord.model_validate_json(reply[1])
+                out.append(Settlement(existing, None, body, bool(reply[2])))
+                continue
+            seq = int(reply[1])
+            if seq != 1:
+                text = event.text.replace('"seq":1', f'"seq":{seq}', 1)
+                event = event._replace(seq=seq, text=text)
+            out.append(Settlement(None, event, body))
         return out
+
+    async def _settle(self, outcomes: list[dict[str, Any]], bodies: list[bytes]) -> list[Any]:
+        return cast(
+            list[Any],
+            await self._settle_new(
+                args=[
+                    to_json(outcomes),
+                    self.ttl,
+                    self.events_max_len,
+                    self.prefix,
+                    b"".join(bodies),
+                    self._index_cutoff(),
+                ]
+            ),
+        )
 
     async def get(self, investigation_id: str) -> InvestigationRecord | None:
         raw = await self.get_raw(investigation_id)
@@ -472,14 +491,13 @@ class RecordStore:
         return int(time.time()) - 2 * self.ttl
 
     def _index_keys(self, record: InvestigationRecord) -> list[str]:
-        keys = [self._k("idx", "all"), self._k("idx", "fp", record.fingerprint)]
-        keys.append(self._k("idx", "alertname", record.alert.alertname))
-        if record.alert.namespace:
-            keys.append(self._k("idx", "ns", record.alert.namespace))
-        if record.tenant:
-            keys.append(self._k("idx", "tenant", record.tenant))
-        else:
-            keys.append(self._k("idx", "untenanted"))
+        # As ``_k("idx", ...)`` makes them, without its call and join per key (batch settling
+        # makes five per outcome).
+        idx, alert, tenant = self._idx, record.alert, record.tenant
+        keys = [self._idx_all, f"{idx}fp:{record.fingerprint}", f"{idx}alertname:{alert.alertname}"]
+        if namespace := alert.namespace:
+            keys.append(f"{idx}ns:{namespace}")
+        keys.append(f"{idx}tenant:{tenant}" if tenant else self._idx_untenanted)
         return keys
 
     async def list_ids(
