@@ -86,6 +86,8 @@ class ResultWatcher:
         self.topic = topic
         self.partitions = partitions
         self.consumer: AIOKafkaConsumer | None = None
+        # When each result of the last ``wait_for`` arrived (perf_counter), in order.
+        self.arrivals: list[float] = []
 
     async def start(self) -> None:
         self.consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
@@ -101,15 +103,18 @@ class ResultWatcher:
         the timing: this process shares the cores with what it measures)."""
         assert self.consumer is not None
         got: dict[str, bytes] = {}
+        self.arrivals = []
         deadline = time.monotonic() + timeout
         while len(got) < len(fingerprints) and time.monotonic() < deadline:
             batch = await self.consumer.getmany(timeout_ms=100)
+            now = time.perf_counter()
             for records in batch.values():
                 for r in records:
                     headers = dict(r.headers or [])
                     fp = (headers.get("alert-fingerprint") or b"").decode()
                     if fp in fingerprints and fp not in got:
                         got[fp] = r.value
+                        self.arrivals.append(now)
         return got
 
     async def stop(self) -> None:
@@ -147,8 +152,11 @@ async def run_batch(
     tag: str,
     timeout: float = 300,
     sample: Any = None,
+    in_flight: int = 0,
 ) -> dict[str, Any]:
-    """Produce ``n`` fresh alerts; seconds until the last result is on the results topic."""
+    """Produce ``n`` fresh alerts; seconds until the last result is on the results topic.
+
+    ``in_flight``: the worker's limit, for ``steady_rate`` (0: not computed)."""
     fps = [f"fp-{tag}-{i}" for i in range(n)]
     values = [json.dumps(alert_json(fp)).encode() for fp in fps]
     t0 = time.perf_counter()
@@ -161,6 +169,7 @@ async def run_batch(
     )
     raw = await watcher.wait_for(set(fps), timeout)
     wall = time.perf_counter() - t0
+    arrivals = watcher.arrivals
     if sampler is not None:
         sampler.cancel()
     got = {fp: json.loads(value) for fp, value in raw.items()}
@@ -174,10 +183,24 @@ async def run_batch(
         "received": len(got),
         "wall": wall,
         "rate": len(got) / wall,
+        "steady_rate": steady_rate(arrivals, in_flight) if in_flight else None,
         "statuses": statuses,
         "llm_calls_per_investigation": llm_calls / max(1, len(got)),
         "records": got,
     }
+
+
+def steady_rate(arrivals: list[float], in_flight: int) -> float | None:
+    """Results per second while every slot was busy: from the ``in_flight``-th result to the
+    ``in_flight``-th from last. Before the first, the first round ramps up together; after the
+    last, no alert is left to start, so fewer than ``in_flight`` run (the drain). None when the
+    batch is too small to have such a stretch."""
+    times = sorted(arrivals)
+    n = len(times)
+    if n <= 2 * in_flight + 1:
+        return None
+    first, last = times[in_flight - 1], times[n - in_flight - 1]
+    return (n - 2 * in_flight) / (last - first) if last > first else None
 
 
 # -- identical request bodies ------------------------------------------------------------------
@@ -426,17 +449,23 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
                 peak.append(proc_rss_mb(worker.pids[0]))
                 await asyncio.sleep(0.1)
 
-        rates = []
+        rates: list[float] = []
+        steady: list[float] = []
         # Eight rounds of the in-flight limit: a throughput, less weighed down by the ramp-up of
         # the first round and the tail of the last (three rounds measured 18 % lower, once).
         n3 = 64 * (3 if quick else 8)
         for r in range(reps if not quick else 1):
-            res = await run_batch(s3, watcher, n3, f"f3r{r}-{uuid.uuid4().hex[:4]}", sample=sample)
+            res = await run_batch(
+                s3, watcher, n3, f"f3r{r}-{uuid.uuid4().hex[:4]}", sample=sample, in_flight=64
+            )
             rates.append(res["rate"])
-            log(f"fig3 rep {r}: {res['rate']:.1f}/s ({res['statuses']})")
+            if res["steady_rate"] is not None:
+                steady.append(res["steady_rate"])
+            log(f"fig3 rep {r}: {res['rate']:.1f}/s, steady {res['steady_rate']}/s")
         llm_seconds = res["llm_calls_per_investigation"] * 1.0
         out["fig3"] = {
             "rate": rates,
+            "steady_rate": steady,
             "in_flight": 64,
             "llm_seconds_per_investigation": llm_seconds,
             "n": n3,

@@ -167,6 +167,7 @@ def block_rates(
     rates: dict[str, float | None] = {}
     first_t, first_o = samples[0] if samples else (0.0, 0)
     for name, start, end in blocks:
+        start_t: float | None
         if start < first_o:  # the first commit landed inside this block: measure from there
             start_t, start = first_t, first_o
         else:

@@ -67,11 +67,13 @@ async def main(rounds: int, n: int, latency: float) -> None:
             pid = worker.pids[0]
             for r in range(rounds):
                 cpu0, t0 = proc_cpu_seconds(pid), time.perf_counter()
-                res = await run_batch(s, watcher, n, f"r{r}-{uuid.uuid4().hex[:4]}")
+                res = await run_batch(s, watcher, n, f"r{r}-{uuid.uuid4().hex[:4]}", in_flight=64)
                 cpu = proc_cpu_seconds(pid) - cpu0
+                steady = "-" if res["steady_rate"] is None else f"{res['steady_rate']:.1f}"
                 print(
-                    f"round {r}: {res['rate']:.1f}/s, worker CPU {cpu / n * 1000:.1f} ms per "
-                    f"investigation ({cpu / (time.perf_counter() - t0):.2f} cores)"
+                    f"round {r}: {res['rate']:.1f}/s (all slots busy: {steady}/s), worker CPU "
+                    f"{cpu / n * 1000:.1f} ms per investigation "
+                    f"({cpu / (time.perf_counter() - t0):.2f} cores)"
                 )
                 gaps = await _gaps(s, list(res["records"].values()))
                 for step, values in sorted(gaps.items(), key=lambda kv: -statistics.median(kv[1])):

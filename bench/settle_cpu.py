@@ -44,12 +44,12 @@ async def main(n: int, rounds: int) -> None:
     async def settle_new(args: list[Any]) -> list[list[int]]:
         return [[0, 1]] * len(json.loads(args[0]))
 
-    store._settle_new = settle_new  # type: ignore[method-assign]
+    store._settle_new = settle_new  # type: ignore[assignment]
 
     async def mark_many(keys: Any, args: Any) -> None:
         return None
 
-    store._mark_many = mark_many  # type: ignore[method-assign]
+    store._mark_many = mark_many  # type: ignore[assignment]
     producer = AIOKafkaProducer(max_batch_size=kafka_producers.PRODUCER_BATCH_BYTES)
     producers = kafka_producers.KafkaProducers(
         kafka_producers.make_broker(settings.kafka), settings.kafka
