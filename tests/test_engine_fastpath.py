@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import importlib
 import inspect
 import json
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from holmes_stream.engine import fastpath
+from holmes_stream.engine import fastpath, quietdebug
 from holmes_stream.engine.holmes_engine import HolmesEngine
 from tests.test_engine import (
     FakeLLM,
@@ -676,3 +678,141 @@ def test_success_logging_is_skipped_only_when_nobody_listens() -> None:
     finally:
         fastpath._active.reset(token)
     assert len(calls) == 5
+
+
+# -- debug lines without their f-strings (quietdebug) -----------------------------------------
+
+_QUIETED = [
+    (
+        "litellm.utils",
+        "get_optional_params",
+        fastpath.OPTIONAL_PARAMS_LOGGERS,
+        ["Params passed to completion()", "Non-Default params passed to completion()"],
+    ),
+    (
+        "holmes.core.tool_calling_llm",
+        "ToolCallingLLM.call_stream",
+        fastpath.CALL_STREAM_LOGGERS,
+        ["running iteration", "sending messages="],
+    ),
+]
+
+
+def _target(module: str, qualname: str) -> Any:
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
+
+
+def _instructions(code: Any) -> list[Any]:
+    """A code object's instructions, and its nested ones', without positions or jump offsets.
+
+    One form is normalised: compiled on its own, a function does not know which of its module's
+    names are imported at its top, and calls their functions as methods (``LOAD_GLOBAL m;
+    LOAD_METHOD f``), where the whole module's compilation loads the attribute (``LOAD_GLOBAL
+    NULL + m; LOAD_ATTR f``, or ``PUSH_NULL`` first): the same call."""
+    import dis
+
+    out: list[Any] = []
+    for i in dis.get_instructions(code):
+        if i.opname == "PUSH_NULL":
+            continue
+        if inspect.iscode(i.argval):
+            arg = i.argval.co_name
+        elif i.opcode in dis.hasjrel or i.opcode in dis.hasjabs:  # offsets
+            arg = ""
+        else:
+            arg = i.argrepr.removeprefix("NULL + ")
+        out.append(("LOAD_ATTR" if i.opname == "LOAD_METHOD" else i.opname, arg))
+    out += [_instructions(c) for c in code.co_consts if inspect.iscode(c)]
+    return out
+
+
+@pytest.mark.parametrize(("module", "qualname", "loggers", "lines"), _QUIETED)
+def test_quiet_copies_drop_exactly_the_known_debug_lines(
+    module: str, qualname: str, loggers: frozenset[str], lines: list[str]
+) -> None:
+    """The statements removed are these f-string debug lines and nothing else: a library
+    change that adds, moves or rewrites one fails here."""
+    original = _target(module, qualname)
+    copy, removed = quietdebug.without_debug_fstrings(original, loggers)
+    statements = [
+        ast.unparse(node)
+        for node in ast.walk(quietdebug.function_tree(original))
+        if isinstance(node, ast.Expr) and node.lineno in removed
+    ]
+    assert len(statements) == len(removed) == len(lines)
+    for text, fragment in zip(statements, lines, strict=True):
+        assert fragment in text and text.split("(")[0].endswith(".debug"), text
+    assert copy is not original and copy.__qualname__ == original.__qualname__
+    assert copy.__defaults__ == original.__defaults__
+    assert copy.__globals__ is original.__globals__
+
+
+@pytest.mark.parametrize(("module", "qualname", "loggers", "lines"), _QUIETED)
+def test_recompiling_a_function_reproduces_it(
+    module: str, qualname: str, loggers: frozenset[str], lines: list[str]
+) -> None:
+    """Compiled again from its source with nothing removed, each function has the original's
+    instructions (nested functions included), flags and names: the copies differ only by the
+    statements removed."""
+    original = _target(module, qualname)
+    same, removed = quietdebug.without_debug_fstrings(original, frozenset())
+    assert removed == []
+    assert _instructions(same.__code__) == _instructions(original.__code__)
+    for attr in ("co_flags", "co_varnames", "co_names", "co_firstlineno", "co_filename"):
+        assert getattr(same.__code__, attr) == getattr(original.__code__, attr), attr
+    quiet, _ = quietdebug.without_debug_fstrings(original, loggers)
+    assert _instructions(quiet.__code__) != _instructions(original.__code__)
+
+
+def test_quiet_optional_params_give_the_same_params() -> None:
+    import litellm.utils
+
+    original = litellm.utils.get_optional_params
+    quiet, _ = quietdebug.without_debug_fstrings(original, fastpath.OPTIONAL_PARAMS_LOGGERS)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    for kwargs in (
+        {"model": "scripted", "custom_llm_provider": "openai", "tools": tools},
+        {"model": "gpt-4o", "custom_llm_provider": "openai", "temperature": 0.0, "n": 1},
+        {
+            "model": "scripted",
+            "custom_llm_provider": "openai",
+            "tool_choice": "auto",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": tools,
+        },
+    ):
+        assert quiet(**copy.deepcopy(kwargs)) == original(**copy.deepcopy(kwargs))
+
+
+def test_quiet_copies_serve_only_while_debug_is_off(
+    engines: dict[str, HolmesEngine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Our LLMs' agent loop runs the copy unless the root logger logs debug messages; other
+    ToolCallingLLM objects keep the class's method. Request bodies: identical either way
+    (``test_request_bodies_are_byte_identical`` runs the copies)."""
+    from holmes.core.tool_calling_llm import ToolCallingLLM
+
+    engine = engines["fast"]
+    ai = engine._create_ai(engine._get_config())
+    assert ai.call_stream.__func__ is fastpath._quiet_call_stream  # type: ignore[attr-defined]
+    assert "call_stream" not in vars(engines["slow"]._create_ai(engines["slow"]._get_config()))
+    assert ToolCallingLLM.call_stream.__name__ == "call_stream"
+
+    calls: list[str] = []
+    logger = logging.getLogger("quietdebug-test")
+    chosen = quietdebug.when_quiet(
+        lambda: calls.append("original"), lambda: calls.append("copy"), logger
+    )
+    logger.setLevel(logging.INFO)
+    chosen()
+    logger.setLevel(logging.DEBUG)
+    chosen()
+    assert calls == ["copy", "original"]
+
+    # With debug logging on, the agent loop is HolmesGPT's own: its debug lines are there.
+    with caplog.at_level(logging.DEBUG):
+        engine.investigate(make_request(), Recorder(), threading.Event())
+    assert any("sending messages=" in r.getMessage() for r in caplog.records)

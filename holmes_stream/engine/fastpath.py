@@ -38,6 +38,9 @@ A second profile (~30 ms per investigation left, the agent loop's thread half of
 * **Success logging nobody receives** (~1 ms): after every completion litellm runs its success
   handler in a thread pool, which computes the response cost again and a logging payload for
   callbacks; with none registered, nothing reads them (``QuietSuccessExecutor``).
+* **Debug lines nobody reads** (~1.2 ms): HolmesGPT's ``call_stream`` and litellm's
+  ``get_optional_params`` build f-strings of the whole conversation and the tool schemas for
+  ``debug`` log lines on every request, logged or not (``quietdebug``).
 * **Tool schemas** (~0.5 ms): ``ToolExecutor._get_base_tools`` formats and deep-copies every
   tool's schema twice per investigation; ``cache_tool_schemas`` formats it once per tool set and
   hands out a copy per call.
@@ -57,7 +60,10 @@ name, signature or the way it is used):
 * ``litellm.utils.executor`` (``QuietSuccessExecutor``: a completion's success logging is not
   run while no success callback is registered to receive it),
 * ``holmes.core.tool_calling_llm.concurrent`` (``toolpool``: a turn's single tool call runs on
-  the agent loop's own thread, inside ``toolpool.agent_loop()`` only).
+  the agent loop's own thread, inside ``toolpool.agent_loop()`` only),
+* ``litellm.main.get_optional_params`` (``quietdebug``: a copy without the debug lines that
+  format the whole request on every call, while litellm's logger drops debug messages); our
+  ``ToolCallingLLM`` objects' ``call_stream`` likewise (an instance attribute).
 
 Every wrapper falls through to the original unless a ``count_tokens`` or ``completion`` call of an
 LLM made here (``create_toolcalling_llm``/``toolcalling_llm``) is running on the current thread
@@ -78,13 +84,14 @@ import json
 import logging
 import os
 import threading
+import types
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from holmes_stream.engine import toolpool
+from holmes_stream.engine import quietdebug, toolpool
 
 if TYPE_CHECKING:
     from holmes.config import Config
@@ -107,6 +114,10 @@ BODY_DUMPS_FUNCTION = "openapi_dumps"
 CACHE_ARGS_MODULE = "litellm.caching.caching_handler"
 CACHE_ARGS_FUNCTION = "convert_args_to_kwargs"
 EXECUTOR_MODULE = "litellm.utils"  # its ``executor``: where a completion's success logging runs
+OPTIONAL_PARAMS_MODULE = "litellm.main"  # ``completion`` calls its ``get_optional_params``
+OPTIONAL_PARAMS_FUNCTION = "get_optional_params"
+OPTIONAL_PARAMS_LOGGERS = frozenset({"verbose_logger"})  # its debug lines' logger, by name
+CALL_STREAM_LOGGERS = frozenset({"logging"})  # ToolCallingLLM.call_stream's: the root logger
 USER_PROMPT_TEMPLATE = "builtin://base_user_prompt.jinja2"
 
 # Environment variables that change which parts of the system prompt HolmesGPT renders.
@@ -467,6 +478,53 @@ def _wrap_cache_args() -> bool:
     return _replace(module, CACHE_ARGS_FUNCTION, "arguments are mapped as usual", make)
 
 
+def _quiet_optional_params() -> bool:
+    """litellm's ``get_optional_params`` as ``completion`` calls it, without its debug lines'
+    f-strings (``quietdebug``) for our calls while litellm's logger drops debug messages."""
+    import importlib
+
+    from litellm._logging import verbose_logger
+
+    def make(original: Any) -> Callable[..., Any]:
+        try:
+            copy, _ = quietdebug.without_debug_fstrings(original, OPTIONAL_PARAMS_LOGGERS)
+        except (quietdebug.Unsupported, OSError, SyntaxError) as exc:
+            log.warning("fastpath: %s; its debug lines are formatted as usual", exc)
+            return original
+        quiet = quietdebug.when_quiet(original, copy, verbose_logger)
+
+        def get_optional_params(*args: Any, **kwargs: Any) -> Any:
+            return (quiet if _active.get() else original)(*args, **kwargs)
+
+        return get_optional_params
+
+    module = importlib.import_module(OPTIONAL_PARAMS_MODULE)
+    return _replace(module, OPTIONAL_PARAMS_FUNCTION, "debug lines are formatted as usual", make)
+
+
+_quiet_call_stream: Callable[..., Any] | None = None
+
+
+def quiet_call_stream(ai: ToolCallingLLM) -> None:
+    """This LLM's ``call_stream`` without its debug lines' f-strings (``quietdebug``) while the
+    root logger (HolmesGPT's ``logging.debug``) drops debug messages. An instance attribute:
+    other ``ToolCallingLLM`` objects keep the class's method."""
+    global _quiet_call_stream
+    from holmes.core.tool_calling_llm import ToolCallingLLM
+
+    original = ToolCallingLLM.call_stream
+    if type(ai).call_stream is not original:  # a subclass of its own: left alone
+        return
+    if _quiet_call_stream is None:
+        try:
+            copy, _ = quietdebug.without_debug_fstrings(original, CALL_STREAM_LOGGERS)
+        except (quietdebug.Unsupported, OSError, SyntaxError) as exc:
+            log.warning("fastpath: %s; its debug lines are formatted as usual", exc)
+            return
+        _quiet_call_stream = quietdebug.when_quiet(original, copy, logging.getLogger())
+    setattr(ai, "call_stream", types.MethodType(_quiet_call_stream, ai))  # noqa: B010
+
+
 class QuietSuccessExecutor:
     """litellm's thread pool, without the success logging of our completions when nobody
     listens to it.
@@ -560,6 +618,7 @@ def install() -> bool:
         _wrap_body_dumps()
         _wrap_cache_args()
         _quiet_success_logging()
+        _quiet_optional_params()
         toolpool.install()
         _installed = True
         return True
@@ -744,6 +803,7 @@ def create_toolcalling_llm(config: Config) -> ToolCallingLLM:
     )
     if install():
         memoise_token_counts(ai)
+        quiet_call_stream(ai)
         cache_tool_schemas(ai.tool_executor)
     return ai
 
@@ -758,6 +818,7 @@ def toolcalling_llm(
     ai = ToolCallingLLM(executor, config.max_steps, llm, tool_results_dir=None)
     if memoise and install():
         memoise_token_counts(ai)
+        quiet_call_stream(ai)
         cache_tool_schemas(executor)
     return ai
 
