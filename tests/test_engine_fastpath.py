@@ -816,3 +816,31 @@ def test_quiet_copies_serve_only_while_debug_is_off(
     with caplog.at_level(logging.DEBUG):
         engine.investigate(make_request(), Recorder(), threading.Event())
     assert any("sending messages=" in r.getMessage() for r in caplog.records)
+
+
+def _decorated(func: Any) -> Any:
+    return func
+
+
+class _Mangles:
+    def __init__(self) -> None:
+        self.__hidden = 1
+
+    def peek(self) -> int:
+        logging.debug(f"peek {self.__hidden}")
+        return self.__hidden
+
+
+@_decorated
+def _decorated_function() -> None:
+    logging.debug(f"{_decorated}")
+
+
+def test_functions_that_cannot_be_copied_are_refused() -> None:
+    def closure() -> None:
+        logging.debug(f"{tools}")
+
+    tools: list[Any] = []
+    for func in (closure, _decorated_function, _Mangles.peek):
+        with pytest.raises(quietdebug.Unsupported):
+            quietdebug.without_debug_fstrings(func, frozenset({"logging"}))

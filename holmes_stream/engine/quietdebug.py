@@ -82,10 +82,14 @@ def without_debug_fstrings(
     node = function_tree(func)
     if node.decorator_list:
         raise Unsupported(f"{func.__qualname__} is decorated")
-    if any(
-        isinstance(n, ast.Attribute) and n.attr.startswith("__") and not n.attr.endswith("__")
+    # A method's private names are mangled with its class's name, which a copy compiled
+    # outside the class would not do.
+    names = (
+        n.attr if isinstance(n, ast.Attribute) else n.id
         for n in ast.walk(node)
-    ):
+        if isinstance(n, ast.Attribute | ast.Name)
+    )
+    if any(name.startswith("__") and not name.endswith("__") for name in names):
         raise Unsupported(f"{func.__qualname__} uses private (mangled) names")
     strip = _Strip(loggers)
     module = ast.fix_missing_locations(ast.Module(body=[strip.visit(node)], type_ignores=[]))
