@@ -465,6 +465,34 @@ def test_history_tool_picks_the_most_specific_index(redis_url: str) -> None:
     assert empty.status.value == "success" and empty.data == "No earlier investigations found."
 
 
+def test_history_tool_lists_newest_first_within_its_limit_and_skips_expired(
+    redis_url: str, uid: str
+) -> None:
+    from holmes_stream.engine.toolsets import history_toolset
+
+    prefix = f"hist{uid}:"
+    client = redis.Redis.from_url(redis_url)
+    alert = make_alert()
+    base = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    for n in range(4):
+        created = base + timedelta(hours=n)
+        record = InvestigationRecord(
+            id=f"inv-{n}",
+            episode_key=f"ep-{n}",
+            fingerprint="fp-h",
+            status=Status.COMPLETED,
+            alert=alert,
+            created_at=created,
+        )
+        if n != 2:  # inv-2's record expired; its index entry is still there
+            client.set(f"{prefix}inv:{record.id}", record.model_dump_json())
+        client.zadd(f"{prefix}idx:fp:fp-h", {record.id: created.timestamp()})
+    client.close()
+    toolset = history_toolset(redis_url, prefix)
+    items = json.loads(_invoke(toolset, {"fingerprint": "fp-h", "limit": 3}).data)
+    assert [i["id"] for i in items] == ["inv-3", "inv-1"]  # the newest three, one gone
+
+
 def test_history_tool_reports_an_unreachable_store() -> None:
     from holmes_stream.engine.toolsets import history_toolset
 

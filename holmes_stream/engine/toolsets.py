@@ -40,6 +40,22 @@ _INDEX_ORDER: tuple[tuple[str, str], ...] = (
 )
 
 
+# The newest ids of one index and their records in one round trip: the tool runs on an agent
+# loop's thread, where every blocking call queues again for the GIL. KEYS[1] the index; ARGV
+# the key prefix and how many. Returns the records (nil for an expired one), newest first.
+_HISTORY = """
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+if #ids == 0 then
+  return {}
+end
+local keys = {}
+for i, id in ipairs(ids) do
+  keys[i] = ARGV[1] .. 'inv:' .. id
+end
+return redis.call('MGET', unpack(keys))
+"""
+
+
 def index_key(key_prefix: str, params: dict[str, Any]) -> str:
     """The sorted set to read: the most specific index the parameters name, else all."""
     for param, index in _INDEX_ORDER:
@@ -87,8 +103,8 @@ def summarize_record(raw: str | bytes) -> dict[str, Any] | None:
 class InvestigationHistoryTool(Tool):
     """Earlier investigations of the same alert, alertname or namespace, newest first."""
 
-    _client: redis.Redis = PrivateAttr()
     _key_prefix: str = PrivateAttr()
+    _history_script: Any = PrivateAttr()
 
     def __init__(self, client: redis.Redis, key_prefix: str) -> None:
         super().__init__(
@@ -116,8 +132,8 @@ class InvestigationHistoryTool(Tool):
                 ),
             },
         )
-        self._client = client
         self._key_prefix = key_prefix
+        self._history_script = client.register_script(_HISTORY)
 
     def _invoke(self, params: dict, context: ToolInvokeContext) -> StructuredToolResult:
         try:
@@ -136,13 +152,9 @@ class InvestigationHistoryTool(Tool):
         )
 
     def _history(self, params: dict[str, Any]) -> list[dict[str, Any]]:
-        ids: list[str | bytes] = self._client.zrevrange(  # type: ignore[assignment]
-            index_key(self._key_prefix, params), 0, _limit(params) - 1
+        raws = self._history_script(
+            keys=[index_key(self._key_prefix, params)], args=[self._key_prefix, _limit(params)]
         )
-        if not ids:
-            return []
-        keys = [f"{self._key_prefix}inv:{_text(i)}" for i in ids]
-        raws = self._client.mget(keys)
         return [s for raw in raws if raw is not None and (s := summarize_record(raw)) is not None]
 
     def get_parameterized_one_liner(self, params: dict) -> str:
@@ -150,10 +162,6 @@ class InvestigationHistoryTool(Tool):
             f"{name}={params[name]}" for name, _ in _INDEX_ORDER if params.get(name)
         )
         return f"{HISTORY_TOOLSET_NAME}: investigation history ({filters or 'all'})"
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def history_toolset(redis_url: str, key_prefix: str) -> Toolset:
