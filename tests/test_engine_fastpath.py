@@ -797,7 +797,7 @@ def test_quiet_copies_serve_only_while_debug_is_off(
 
     engine = engines["fast"]
     ai = engine._create_ai(engine._get_config())
-    assert ai.call_stream.__func__ is fastpath._quiet_call_stream  # type: ignore[attr-defined]
+    assert ai.call_stream.__func__ is fastpath._quiet_call_stream()  # type: ignore[attr-defined]
     assert "call_stream" not in vars(engines["slow"]._create_ai(engines["slow"]._get_config()))
     assert ToolCallingLLM.call_stream.__name__ == "call_stream"
 

@@ -488,12 +488,9 @@ def _quiet_optional_params() -> bool:
     from litellm._logging import verbose_logger
 
     def make(original: Any) -> Callable[..., Any]:
-        try:
-            copy, _ = quietdebug.without_debug_fstrings(original, OPTIONAL_PARAMS_LOGGERS)
-        except (quietdebug.Unsupported, OSError, SyntaxError) as exc:
-            log.warning("fastpath: %s; its debug lines are formatted as usual", exc)
+        quiet = quietdebug.quiet(original, OPTIONAL_PARAMS_LOGGERS, verbose_logger)
+        if quiet is None:
             return original
-        quiet = quietdebug.when_quiet(original, copy, verbose_logger)
 
         def get_optional_params(*args: Any, **kwargs: Any) -> Any:
             return (quiet if _active.get() else original)(*args, **kwargs)
@@ -504,27 +501,25 @@ def _quiet_optional_params() -> bool:
     return _replace(module, OPTIONAL_PARAMS_FUNCTION, "debug lines are formatted as usual", make)
 
 
-_quiet_call_stream: Callable[..., Any] | None = None
+@functools.cache
+def _quiet_call_stream() -> Callable[..., Any] | None:
+    """``ToolCallingLLM.call_stream`` as ``quietdebug.quiet`` makes it (once: None stays None)."""
+    from holmes.core.tool_calling_llm import ToolCallingLLM
+
+    return quietdebug.quiet(ToolCallingLLM.call_stream, CALL_STREAM_LOGGERS, logging.getLogger())
 
 
 def quiet_call_stream(ai: ToolCallingLLM) -> None:
     """This LLM's ``call_stream`` without its debug lines' f-strings (``quietdebug``) while the
     root logger (HolmesGPT's ``logging.debug``) drops debug messages. An instance attribute:
     other ``ToolCallingLLM`` objects keep the class's method."""
-    global _quiet_call_stream
     from holmes.core.tool_calling_llm import ToolCallingLLM
 
-    original = ToolCallingLLM.call_stream
-    if type(ai).call_stream is not original:  # a subclass of its own: left alone
+    if type(ai).call_stream is not ToolCallingLLM.call_stream:  # a subclass of its own
         return
-    if _quiet_call_stream is None:
-        try:
-            copy, _ = quietdebug.without_debug_fstrings(original, CALL_STREAM_LOGGERS)
-        except (quietdebug.Unsupported, OSError, SyntaxError) as exc:
-            log.warning("fastpath: %s; its debug lines are formatted as usual", exc)
-            return
-        _quiet_call_stream = quietdebug.when_quiet(original, copy, logging.getLogger())
-    setattr(ai, "call_stream", types.MethodType(_quiet_call_stream, ai))  # noqa: B010
+    quiet = _quiet_call_stream()
+    if quiet is not None:
+        setattr(ai, "call_stream", types.MethodType(quiet, ai))  # noqa: B010
 
 
 class QuietSuccessExecutor:

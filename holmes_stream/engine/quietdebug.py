@@ -30,6 +30,9 @@ for _feature in __future__.all_feature_names:
     _FUTURE_FLAGS |= getattr(__future__, _feature).compiler_flag
 
 
+log = logging.getLogger(__name__)
+
+
 class Unsupported(Exception):
     """The function cannot be copied this way (decorated, a closure, a mangled name)."""
 
@@ -116,3 +119,16 @@ def when_quiet(
         return copy(*args, **kwargs)
 
     return chosen
+
+
+def quiet(
+    original: Callable[..., Any], loggers: frozenset[str], logger: logging.Logger
+) -> Callable[..., Any] | None:
+    """``when_quiet`` of ``original`` and its copy without debug f-strings; None (logged) when
+    no copy can be made, for the caller to keep ``original``."""
+    try:
+        copy, _ = without_debug_fstrings(original, loggers)
+    except (Unsupported, OSError, SyntaxError) as exc:
+        log.warning("quietdebug: %s; its debug lines are formatted as usual", exc)
+        return None
+    return when_quiet(original, copy, logger)
