@@ -1,6 +1,6 @@
 """Development aid: profile one in-process worker's event-loop thread (cProfile).
 
-    python -m bench.profile_worker [--kind fresh|duplicates|stale] [--n 200] [--plain]
+    python -m bench.profile_worker [--kind fresh|duplicates|stale|orphan] [--n 200] [--plain]
 
 Starts a private local stack, writes ``n`` alerts, runs the worker until the last offset is
 committed, prints the top functions by own time. Not part of the suite.
@@ -20,7 +20,15 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import alert_json, cleanup, create_topics, make_settings, produce, start_stack
+from bench.common import (
+    REF_STARTS_AT,
+    alert_json,
+    cleanup,
+    create_topics,
+    make_settings,
+    produce,
+    start_stack,
+)
 
 
 async def main(
@@ -49,6 +57,12 @@ async def main(
         if kind == "duplicates":
             fin = await seed_finished(s, 1000)
             values = [json.dumps(fin[i % 1000]).encode() for i in range(n)]
+        elif kind == "orphan":  # resolved alerts of episodes never seen
+            ended = REF_STARTS_AT.replace(hour=1)
+            values = [
+                json.dumps(alert_json(f"fp-orph-{i}", status="resolved", ends_at=ended)).encode()
+                for i in range(n)
+            ]
         else:
             values = [json.dumps(alert_json(f"fp-prof-{i}")).encode() for i in range(n)]
         await produce(s.kafka.bootstrap_servers, s.kafka.alerts_topic, values, partition=0)

@@ -10,6 +10,7 @@ from aiokafka import TopicPartition
 
 from holmes_stream.consumers.alerts import Dispatcher
 from holmes_stream.intake import AlertWork
+from holmes_stream.schemas import Alert
 from holmes_stream.service import Outcome, SettledEpisodes, Source
 from holmes_stream.settings import Settings
 
@@ -21,12 +22,17 @@ class _Record:
 
 
 class _Consumer:
+    def __init__(self) -> None:
+        self.paused = False
+
     def assignment(self) -> set[TopicPartition]:
         return {TopicPartition("alerts", 0)}
 
-    def pause(self, *_: Any) -> None: ...
+    def pause(self, *_: Any) -> None:
+        self.paused = True
 
-    def resume(self, *_: Any) -> None: ...
+    def resume(self, *_: Any) -> None:
+        self.paused = False
 
 
 class _Service:
@@ -53,6 +59,10 @@ class _Service:
         for work, _ in items:
             self.settled.remember(work.investigation_id, 60_000, 60_000)
         return [None] * len(items)
+
+
+def _alert(fingerprint: str) -> Alert:
+    return Alert.model_validate(_resolved(fingerprint))
 
 
 def _resolved(fingerprint: str) -> dict[str, Any]:
@@ -90,6 +100,56 @@ async def test_messages_of_an_episode_being_settled_wait_for_it() -> None:
         # Every offset done, and x was settled once: its re-send was known when it was looked at.
         assert dispatcher.tracker.commit_point(tp) == 4
         assert len(service.settle_calls) == 2
+    finally:
+        if dispatcher._committer is not None:
+            dispatcher._committer.cancel()
+
+
+async def test_a_fifth_batch_waits_decoded_for_a_settling_task_and_fetching_pauses() -> None:
+    service = _Service()
+    dispatcher = Dispatcher(service, Settings())  # type: ignore[arg-type]
+    consumer: Any = _Consumer()
+    tp = TopicPartition("alerts", 0)
+    try:
+        for batch in range(4):  # four tasks settle at once; fetching goes on meanwhile
+            records = [_Record(batch * 2 + i, _resolved(f"fp{batch}-{i}")) for i in range(2)]
+            await dispatcher.dispatch_batch(records, consumer)
+            await asyncio.sleep(0)
+            assert len(service.settle_calls) == batch + 1
+            assert not consumer.paused
+        await dispatcher.dispatch_batch([_Record(8, _resolved("fp4-0"))], consumer)
+        await asyncio.sleep(0)
+        assert len(service.settle_calls) == 4  # the fifth waits for a task
+        assert consumer.paused
+        service.release.set()
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if dispatcher.tracker.commit_point(tp) == 9:
+                break
+        assert dispatcher.tracker.commit_point(tp) == 9
+        assert service.settle_calls[4] == [AlertWork(_alert("fp4-0")).investigation_id]
+        assert not consumer.paused
+        assert not dispatcher._settling_ids
+    finally:
+        if dispatcher._committer is not None:
+            dispatcher._committer.cancel()
+
+
+async def test_a_waiting_batch_of_a_revoked_partition_is_dropped() -> None:
+    service = _Service()
+    dispatcher = Dispatcher(service, Settings())  # type: ignore[arg-type]
+    consumer: Any = _Consumer()
+    try:
+        for offset in range(5):
+            await dispatcher.dispatch_batch([_Record(offset, _resolved(f"fp{offset}"))], consumer)
+        await asyncio.sleep(0)
+        waiting = AlertWork(_alert("fp4")).investigation_id
+        assert waiting in dispatcher._settling_ids
+        await dispatcher.on_revoked({TopicPartition("alerts", 0)})
+        assert waiting not in dispatcher._settling_ids
+        service.release.set()
+        await asyncio.sleep(0.05)
+        assert len(service.settle_calls) == 4  # its next owner settles it
     finally:
         if dispatcher._committer is not None:
             dispatcher._committer.cancel()

@@ -16,7 +16,7 @@ import collections
 import contextlib
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
@@ -45,6 +45,8 @@ _COMMIT_INTERVAL_SECONDS = 0.5
 _LAG_INTERVAL_SECONDS = 10.0
 # Most messages one fetch hands to the handler.
 _MAX_BATCH = 500
+# Batch-settling tasks at once (see _start_settling).
+_SETTLING_AT_ONCE = 4
 
 
 class Dispatcher:
@@ -57,10 +59,11 @@ class Dispatcher:
         self._limit = settings.worker.max_in_flight
         self._paused = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        # What batch-settling tasks weigh against the in-flight limit (see _start_settling).
+        # Batch-settling tasks running, and batches waiting for one to end (see _start_settling).
         self._settling = 0
-        # Episodes in those tasks, and messages of them fetched meanwhile: these wait for the
-        # task, after which their episode is mostly known here (no I/O, no second settling).
+        self._settle_queue: collections.deque[_Settling] = collections.deque()
+        # Episodes in those batches, and messages of them fetched meanwhile: these wait for the
+        # batch, after which their episode is mostly known here (no I/O, no second settling).
         self._settling_ids: collections.Counter[str] = collections.Counter()
         self._held: list[tuple[Any, Any, list[AlertWork], Source]] = []
         # Fetched beyond the in-flight limit (a batch can hold more): started as slots free up.
@@ -130,7 +133,7 @@ class Dispatcher:
         return record, state, works
 
     def _start_or_hold(self, record: Any, state: Any, works: list[AlertWork]) -> None:
-        if self._busy() >= self._limit:
+        if self._running() >= self._limit:
             self._backlog.append((record, state, works))
         else:
             self._start(record, state, works)
@@ -148,38 +151,49 @@ class Dispatcher:
 
         task.add_done_callback(finished)
 
-    def _busy(self) -> int:
-        return len(self._tasks) + self._settling
+    def _running(self) -> int:
+        """Investigations (and other single messages) running: what the in-flight limit bounds."""
+        return len(self._tasks) - self._settling
 
     def _fill_slots(self) -> None:
-        while self._backlog and self._busy() < self._limit and not self._closing.is_set():
+        while self._backlog and self._running() < self._limit and not self._closing.is_set():
             self._start(*self._backlog.popleft())
         self._apply_backpressure()
 
     def _start_settling(self, items: list[tuple[Any, Any, list[AlertWork], Source]]) -> None:
         """One task settles the messages' alerts together, their known episodes included.
 
-        It counts for a quarter of the in-flight limit until it ends: the next fetches are
-        settled while this one waits for Redis and Kafka, and fetching pauses beyond four
-        (measured: 15 % faster than two, eight no faster than four). Messages of its episodes
-        fetched meanwhile wait for it (``_held``).
+        Up to four such tasks run at once, the next fetches settled while the others wait for
+        Redis and Kafka (measured: 15 % faster than two, eight slower than four). One more
+        batch waits, fetched and decoded, and starts the moment one ends: no task waits for a
+        fetch (without it, 2 of 3 tasks started with only one or two others running). Fetching
+        pauses while it waits. Messages of its episodes fetched meanwhile wait for its task
+        (``_held``).
         """
-        weight = max(1, self._limit // 4)
-        ids = [w.investigation_id for _, _, works, _ in items for w in works]
+        settling = _Settling(items, _ids(items))
+        self._settling_ids.update(settling.ids)
+        self._settle_queue.append(settling)
+        self._run_settling()
+        self._apply_backpressure()
+
+    def _run_settling(self) -> None:
+        while (
+            self._settle_queue
+            and self._settling < _SETTLING_AT_ONCE
+            and not self._closing.is_set()  # else they stay uncommitted: redelivered
+        ):
+            self._settle_task(self._settle_queue.popleft())
+
+    def _settle_task(self, settling: _Settling) -> None:
+        items, ids = settling
         task = asyncio.create_task(self._settle(items))
         self._tasks.add(task)
-        self._settling += weight
-        self._settling_ids.update(ids)
-        self._apply_backpressure()
+        self._settling += 1
 
         def finished(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
-            self._settling -= weight
-            for i in ids:
-                if self._settling_ids[i] > 1:
-                    self._settling_ids[i] -= 1
-                else:
-                    del self._settling_ids[i]
+            self._settling -= 1
+            self._forget_settling(ids)
             if not t.cancelled() and t.exception() is not None:
                 log.warning("settling %d messages together failed: %s", len(items), t.exception())
                 # Each one on its own, retried as any message is; handling is idempotent.
@@ -191,9 +205,17 @@ class Dispatcher:
             if not self._closing.is_set():  # else held messages stay uncommitted: redelivered
                 waited, self._held = self._held, []
                 self._settle_or_hold(waited, held=True)
+            self._run_settling()
             self._fill_slots()
 
         task.add_done_callback(finished)
+
+    def _forget_settling(self, ids: list[str]) -> None:
+        for i in ids:
+            if self._settling_ids[i] > 1:
+                self._settling_ids[i] -= 1
+            else:
+                del self._settling_ids[i]
 
     async def _settle(self, items: list[tuple[Any, Any, list[AlertWork], Source]]) -> None:
         flat = [(w, source) for _, _, works, source in items for w in works]
@@ -258,11 +280,13 @@ class Dispatcher:
         return None
 
     def _apply_backpressure(self) -> None:
-        """Pause fetching at the in-flight limit, resume below it."""
+        """Pause fetching while work waits beyond what may run, resume when none does."""
         consumer = self.consumer
         if consumer is None or self._closing.is_set():
             return
-        full = self._busy() >= self._limit or bool(self._backlog)
+        # Once work waits beyond what may run (a batch holds up to 500 messages), fetching stops;
+        # until then the next batch is fetched and decoded while the running work waits on I/O.
+        full = bool(self._backlog or self._settle_queue)
         if full != self._paused:
             partitions = consumer.assignment()
             if full:
@@ -380,6 +404,12 @@ class Dispatcher:
 
         self._backlog = collections.deque(item for item in self._backlog if ours(item[0]))
         self._held = [item for item in self._held if ours(item[0])]
+        queue, self._settle_queue = self._settle_queue, collections.deque()
+        for settling in queue:
+            self._forget_settling(settling.ids)
+            if kept := [item for item in settling.items if ours(item[0])]:
+                self._settle_queue.append(_Settling(kept, _ids(kept)))
+                self._settling_ids.update(self._settle_queue[-1].ids)
         self.tracker.forget(revoked)
 
     # -- shutdown --------------------------------------------------------------------------
@@ -401,6 +431,17 @@ class Dispatcher:
             await self.commit()
         if self._committer is not None:
             self._committer.cancel()
+
+
+class _Settling(NamedTuple):
+    """Messages to settle together, and the episodes of their alerts."""
+
+    items: list[tuple[Any, Any, list[AlertWork], Source]]
+    ids: list[str]
+
+
+def _ids(items: list[tuple[Any, Any, list[AlertWork], Source]]) -> list[str]:
+    return [w.investigation_id for _, _, works, _ in items for w in works]
 
 
 def _source(record: Any) -> Source:
