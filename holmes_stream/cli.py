@@ -51,12 +51,14 @@ def _serve(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 def _settled() -> None:
     """Once started: what is in memory now (HolmesGPT, litellm, their caches: millions of
     objects) lives as long as the process, so the collector stops rescanning it (gc.freeze).
-    Young collections come every 10,000 allocations instead of 700: an investigation or a
-    batch of alerts allocates thousands of short-lived objects (collector time per
-    investigation measured 1.7 ms before, 1.0 ms after, bench/profile_worker.py)."""
+    Young collections come every 50,000 allocations instead of 700: an investigation or a
+    batch of alerts allocates thousands of objects that live until it ends, and a young
+    collection scans those still alive (bench/profile_worker.py: collector time per
+    investigation 1.7 ms at 700, 1.0 ms at 10,000; per 60,000 stale alerts 0.36-0.39 s at
+    10,000, 0.04-0.07 s at 50,000)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _run_uvicorn_with(settings: Settings, worker: bool) -> None:
