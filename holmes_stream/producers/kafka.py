@@ -215,24 +215,32 @@ class KafkaProducers:
             return
         results, progress = self.results.topic, self.progress.topic
         batches = await _Batches.for_topics(direct, (results, progress))
+        # ``_wire`` of each message's headers, its parts shared by both messages of an outcome
+        # and by all outcomes (the same bytes: tests/test_producers.py).
+        typed, version = ("content-type", b""), ("schema-version", str(SCHEMA_VERSION).encode())
         for record, body, event in settled:
             key = record.id.encode()
             slot = murmur2(key) & 0x7FFFFFFF  # once for both topics
+            fp = record.fingerprint
+            tail = [("alert-fingerprint", fp.encode())] if fp else []
+            status = str(record.status)
+            correlation = ("correlation_id", f"{record.id}:{status}".encode())
             batches.add(
                 results,
                 slot,
                 key,
                 body,
-                _wire(_result_correlation(record), _result_headers(record)),
+                [typed, correlation, version, ("status", status.encode()), *tail],
             )
             if event is None:
                 continue
+            correlation = ("correlation_id", _event_correlation(event).encode())
             batches.add(
                 progress,
                 slot,
                 key,
                 event.text.encode(),
-                _wire(_event_correlation(event), _headers(record.fingerprint, event=event.type)),
+                [typed, correlation, version, ("event", event.type.encode()), *tail],
             )
         sent = await batches.send()
         await asyncio.gather(*sent[results])
