@@ -153,3 +153,25 @@ async def test_a_waiting_batch_of_a_revoked_partition_is_dropped() -> None:
     finally:
         if dispatcher._committer is not None:
             dispatcher._committer.cancel()
+
+
+async def test_at_shutdown_a_waiting_batch_stays_uncommitted() -> None:
+    service = _Service()
+    dispatcher = Dispatcher(service, Settings())  # type: ignore[arg-type]
+    consumer: Any = _Consumer()
+    committed: list[dict[TopicPartition, Any]] = []
+
+    async def commit(offsets: dict[TopicPartition, Any]) -> None:
+        committed.append(offsets)
+
+    consumer.commit = commit
+    consumer.highwater = lambda _tp: None
+    for offset in range(5):
+        await dispatcher.dispatch_batch([_Record(offset, _resolved(f"fp{offset}"))], consumer)
+    await asyncio.sleep(0)
+    service.release.set()
+    await dispatcher.drain(grace_seconds=5)
+    # The four running batches finished and were committed; the waiting one never started:
+    # its message is redelivered, not lost.
+    assert len(service.settle_calls) == 4
+    assert committed[-1][TopicPartition("alerts", 0)].offset == 4
