@@ -100,11 +100,15 @@ def test_murmur2_is_kafkas_key_hash() -> None:
 
     from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 
-    from holmes_stream.producers.kafka import murmur2
+    from holmes_stream.producers.kafka import murmur2, murmur2_many
 
     rng = random.Random(7)
     keys = [rng.randbytes(n) for n in range(70) for _ in range(20)]
-    keys += [b"", b"inv-1", "tenant.é".encode()]
-    assert [murmur2(k) for k in keys] == [aiokafka_murmur2(k) & 0xFFFFFFFF for k in keys]
+    keys += [b"", b"inv-1", "tenant.é".encode(), b"\xff" * 40, b"\x00" * 33]
+    rng.shuffle(keys)  # lengths mixed, as tenants' ids would be
+    expected = [aiokafka_murmur2(k) & 0xFFFFFFFF for k in keys]
+    assert murmur2_many(keys) == expected  # grouped by length, each group in lanes
+    assert [murmur2(k) for k in keys] == expected  # one lane each
+    assert murmur2_many([]) == []
     # Java's Utils.murmur2 of these (as signed ints), the reference of Kafka's partitioner.
     assert murmur2(b"21") & 0x7FFFFFFF == (-973932308) & 0x7FFFFFFF
