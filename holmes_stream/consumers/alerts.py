@@ -166,7 +166,7 @@ class Dispatcher:
         Up to four such tasks run at once, the next fetches settled while the others wait for
         Redis and Kafka (measured: 15 % faster than two, eight slower than four). One more
         batch waits, fetched and decoded, and starts the moment one ends: no task waits for a
-        fetch (without it, 2 of 3 tasks started with only one or two others running). Fetching
+        fetch (without it, 2 in 5 tasks started with only one or two others running). Fetching
         pauses while it waits. Messages of its episodes fetched meanwhile wait for its task
         (``_held``).
         """

@@ -244,14 +244,13 @@ class KafkaProducers:
             slot = hashed & 0x7FFFFFFF  # once for both topics
             fp = record.fingerprint
             tail = [("alert-fingerprint", fp.encode())] if fp else []
-            status = str(record.status)
-            correlation = ("correlation_id", f"{record.id}:{status}".encode())
+            correlation = ("correlation_id", _result_correlation(record).encode())
             batches.add(
                 results,
                 slot,
                 key,
                 body,
-                [typed, correlation, version, ("status", status.encode()), *tail],
+                [typed, correlation, version, ("status", str(record.status).encode()), *tail],
             )
             if event is None:
                 continue
