@@ -144,21 +144,32 @@ def block_cpu(
     cpu_samples: list[tuple[float, dict[str, float]]],
     blocks: list[tuple[str, int, int]],
 ) -> dict[str, dict[str, float]]:
-    """Per block, CPU microseconds per message of each process: between the first samples at
-    or after the commit point reached the block's start and its end."""
-
-    def at(offset: int) -> int | None:
-        return next((i for i, (_, o) in enumerate(samples) if o >= offset), None)
-
+    """Per block, CPU microseconds per message of each process, over the window its rate is
+    taken over: from when the commit point passed the block's start to when it passed its end
+    (both interpolated, and the CPU at those moments likewise). Taken between the samples
+    after those moments instead, a block followed by cheap work was charged for less than it
+    took (the commit point lags the work by up to a commit interval)."""
     out: dict[str, dict[str, float]] = {}
     for name, start, end in blocks:
-        i, j = at(start), at(end)
-        if i is None or j is None or j <= i:
+        t0, t1 = _time_at(samples, start), _time_at(samples, end)
+        a, b = _cpu_at(cpu_samples, t0), _cpu_at(cpu_samples, t1)
+        if a is None or b is None or end <= start:
             continue
-        n = samples[j][1] - samples[i][1]
-        a, b = cpu_samples[i][1], cpu_samples[j][1]
-        out[name] = {k: round((b[k] - a[k]) / n * 1e6, 1) for k in b}
+        out[name] = {k: round((b[k] - a[k]) / (end - start) * 1e6, 1) for k in b}
     return out
+
+
+def _cpu_at(
+    cpu_samples: list[tuple[float, dict[str, float]]], t: float | None
+) -> dict[str, float] | None:
+    """Each process's CPU seconds at ``t`` (linear between the samples around it)."""
+    if t is None:
+        return None
+    for (t0, c0), (t1, c1) in zip(cpu_samples, cpu_samples[1:], strict=False):
+        if t0 <= t <= t1 and t1 > t0:
+            f = (t - t0) / (t1 - t0)
+            return {k: c0[k] + (c1[k] - c0[k]) * f for k in c1}
+    return None
 
 
 def block_rates(
