@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -75,11 +77,28 @@ def _resolved(fingerprint: str) -> dict[str, Any]:
     }
 
 
-async def test_messages_of_an_episode_being_settled_wait_for_it() -> None:
+@contextlib.asynccontextmanager
+async def _dispatching() -> AsyncIterator[tuple[_Service, Dispatcher, Any]]:
+    """A dispatcher on the scripted service, and a consumer that records pausing."""
     service = _Service()
     dispatcher = Dispatcher(service, Settings())  # type: ignore[arg-type]
-    consumer: Any = _Consumer()
     try:
+        yield service, dispatcher, _Consumer()
+    finally:
+        if dispatcher._committer is not None:
+            dispatcher._committer.cancel()
+
+
+async def _until_done(dispatcher: Dispatcher, tp: TopicPartition, offset: int) -> None:
+    """Wait (up to half a second) for every offset before ``offset`` to be done."""
+    for _ in range(50):
+        if dispatcher.tracker.commit_point(tp) == offset:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_messages_of_an_episode_being_settled_wait_for_it() -> None:
+    async with _dispatching() as (service, dispatcher, consumer):
         await dispatcher.dispatch_batch(
             [_Record(0, _resolved("x")), _Record(1, _resolved("y"))], consumer
         )
@@ -93,24 +112,15 @@ async def test_messages_of_an_episode_being_settled_wait_for_it() -> None:
         tp = TopicPartition("alerts", 0)
         assert dispatcher.tracker.commit_point(tp) == 0
         service.release.set()
-        for _ in range(50):
-            await asyncio.sleep(0.01)
-            if dispatcher.tracker.commit_point(tp) == 4:
-                break
+        await _until_done(dispatcher, tp, 4)
         # Every offset done, and x was settled once: its re-send was known when it was looked at.
         assert dispatcher.tracker.commit_point(tp) == 4
         assert len(service.settle_calls) == 2
-    finally:
-        if dispatcher._committer is not None:
-            dispatcher._committer.cancel()
 
 
 async def test_a_fifth_batch_waits_decoded_for_a_settling_task_and_fetching_pauses() -> None:
-    service = _Service()
-    dispatcher = Dispatcher(service, Settings())  # type: ignore[arg-type]
-    consumer: Any = _Consumer()
     tp = TopicPartition("alerts", 0)
-    try:
+    async with _dispatching() as (service, dispatcher, consumer):
         for batch in range(4):  # four tasks settle at once; fetching goes on meanwhile
             records = [_Record(batch * 2 + i, _resolved(f"fp{batch}-{i}")) for i in range(2)]
             await dispatcher.dispatch_batch(records, consumer)
@@ -122,24 +132,15 @@ async def test_a_fifth_batch_waits_decoded_for_a_settling_task_and_fetching_paus
         assert len(service.settle_calls) == 4  # the fifth waits for a task
         assert consumer.paused
         service.release.set()
-        for _ in range(50):
-            await asyncio.sleep(0.01)
-            if dispatcher.tracker.commit_point(tp) == 9:
-                break
+        await _until_done(dispatcher, tp, 9)
         assert dispatcher.tracker.commit_point(tp) == 9
         assert service.settle_calls[4] == [AlertWork(_alert("fp4-0")).investigation_id]
         assert not consumer.paused
         assert not dispatcher._settling_ids
-    finally:
-        if dispatcher._committer is not None:
-            dispatcher._committer.cancel()
 
 
 async def test_a_waiting_batch_of_a_revoked_partition_is_dropped() -> None:
-    service = _Service()
-    dispatcher = Dispatcher(service, Settings())  # type: ignore[arg-type]
-    consumer: Any = _Consumer()
-    try:
+    async with _dispatching() as (service, dispatcher, consumer):
         for offset in range(5):
             await dispatcher.dispatch_batch([_Record(offset, _resolved(f"fp{offset}"))], consumer)
         await asyncio.sleep(0)
@@ -150,28 +151,23 @@ async def test_a_waiting_batch_of_a_revoked_partition_is_dropped() -> None:
         service.release.set()
         await asyncio.sleep(0.05)
         assert len(service.settle_calls) == 4  # its next owner settles it
-    finally:
-        if dispatcher._committer is not None:
-            dispatcher._committer.cancel()
 
 
 async def test_at_shutdown_a_waiting_batch_stays_uncommitted() -> None:
-    service = _Service()
-    dispatcher = Dispatcher(service, Settings())  # type: ignore[arg-type]
-    consumer: Any = _Consumer()
     committed: list[dict[TopicPartition, Any]] = []
 
     async def commit(offsets: dict[TopicPartition, Any]) -> None:
         committed.append(offsets)
 
-    consumer.commit = commit
-    consumer.highwater = lambda _tp: None
-    for offset in range(5):
-        await dispatcher.dispatch_batch([_Record(offset, _resolved(f"fp{offset}"))], consumer)
-    await asyncio.sleep(0)
-    service.release.set()
-    await dispatcher.drain(grace_seconds=5)
-    # The four running batches finished and were committed; the waiting one never started:
-    # its message is redelivered, not lost.
-    assert len(service.settle_calls) == 4
-    assert committed[-1][TopicPartition("alerts", 0)].offset == 4
+    async with _dispatching() as (service, dispatcher, consumer):
+        consumer.commit = commit
+        consumer.highwater = lambda _tp: None
+        for offset in range(5):
+            await dispatcher.dispatch_batch([_Record(offset, _resolved(f"fp{offset}"))], consumer)
+        await asyncio.sleep(0)
+        service.release.set()
+        await dispatcher.drain(grace_seconds=5)
+        # The four running batches finished and were committed; the waiting one never started:
+        # its message is redelivered, not lost.
+        assert len(service.settle_calls) == 4
+        assert committed[-1][TopicPartition("alerts", 0)].offset == 4
