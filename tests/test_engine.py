@@ -346,6 +346,9 @@ def test_concurrent_investigations(engine: HolmesEngine) -> None:
     assert not errors
     assert len(results) == 8
     assert all(EARLIER_ANALYSIS in r.analysis for r in results)
+    # Their requests ran on lent clients (``llm_clients``), given back: at most one per request
+    # that was in flight at once.
+    assert 1 <= engine._clients.idle() <= 8
 
 
 def test_toolset_selection(engine: HolmesEngine) -> None:

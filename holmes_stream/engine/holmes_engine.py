@@ -34,6 +34,7 @@ from holmes_stream.engine.base import (
 from holmes_stream.engine.breaker import Breaker, LocalBreaker, RedisBreaker
 from holmes_stream.engine.catalog import model_catalog, redis_catalog_sink
 from holmes_stream.engine.fastpath import c_dumps, thread_event_loop
+from holmes_stream.engine.llm_clients import ClientLender
 from holmes_stream.schemas import Alert, FailoverAttempt, InvestigationResult, ToolCall
 from holmes_stream.settings import LLMSettings, ModelEntry, Settings
 
@@ -177,6 +178,7 @@ class HolmesEngine:
         self._extra_toolsets = list(extra_toolsets or [])
         self._toolsets_config = toolsets_config
         self.fast = fast
+        self._clients = ClientLender()
         self._breaker: Breaker = breaker or LocalBreaker(
             settings.breaker_failures, settings.breaker_cooldown_seconds
         )
@@ -501,6 +503,8 @@ class HolmesEngine:
             name=entry.name,
         )
         time_completions(llm, entry.name)
+        if self.fast:
+            self._clients.lend_to(llm)
         return llm
 
     def _filtered_executor(self, base: ToolExecutor, wanted: list[str]) -> ToolExecutor:
