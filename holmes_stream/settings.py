@@ -155,6 +155,11 @@ class WorkerSettings(BaseModel):
         30.0, description="On SIGTERM, how long in-flight work may take to finish"
     )
     processes: int = Field(1, description="Worker processes in one consumer group (worker mode)")
+    pin_processes: bool = Field(
+        True,
+        description="With several worker processes, each runs on CPUs of its own (a share of "
+        "the CPUs this process may use; not when there are fewer CPUs than processes)",
+    )
     health_host: str = Field("127.0.0.1", description="Where a worker serves /health and /metrics")
     health_port: int = Field(
         18001, description="Port of the worker's /health and /metrics (0: off)"
