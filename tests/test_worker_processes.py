@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -66,7 +67,7 @@ async def test_two_worker_processes_share_the_alerts_each_on_its_own_cpus(
         deadline = time.monotonic() + 120
         while len(pids := _ready_pids(worker.log_file)) < 2:
             assert time.monotonic() < deadline, worker.log_file.read_text()[-3000:]
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
         assert [_allowed_cpus(pid) for pid in pids] in (
             cli.cpu_sets(2),
             list(reversed(cli.cpu_sets(2) or [])),
