@@ -347,7 +347,7 @@ async def check_bodies(
 
 async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    reps = 2 if quick else 3
+    reps = 2 if quick else 5
     n_worker = 60 if quick else 150
     n_bare = 30 if quick else 60
     bare_concurrency = 4
@@ -477,7 +477,7 @@ async def figures_1_3_6(stack: LocalStack, work: Path, quick: bool) -> dict[str,
         # Eight rounds of the in-flight limit: a throughput, less weighed down by the ramp-up of
         # the first round and the tail of the last (three rounds measured 18 % lower, once).
         n3 = 64 * (3 if quick else 8)
-        for r in range(reps if not quick else 1):
+        for r in range(3 if not quick else 1):
             res = await run_batch(
                 s3, watcher, n3, f"f3r{r}-{uuid.uuid4().hex[:4]}", sample=sample, in_flight=64
             )
