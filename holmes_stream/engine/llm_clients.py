@@ -12,9 +12,9 @@ Here each request of an OpenAI-protocol model borrows a client of its own from a
 (litellm uses a client given in its ``client`` argument as it is) and gives it back when the
 request returns. The list grows to the most requests ever in flight at once. Streamed
 responses are read after the request returns; a client lent again meanwhile is shared, which
-httpx allows (its pool is thread-safe), only slower. Models of other providers, and a
-process-wide ``litellm.client_session`` (someone chose one pool for all) and models without an
-API key of their own, are left to litellm.
+httpx allows (its pool is thread-safe), only slower. Left to litellm: models of other
+providers, models without an API key of their own, and every model while a process-wide
+``litellm.client_session`` is set (someone chose one pool for all).
 """
 
 from __future__ import annotations
@@ -58,15 +58,13 @@ class ClientLender:
         goes in through ``llm.args``, which ``DefaultLLM.completion`` passes to litellm."""
         if llm.api_key is None or not self.applies(llm.model, llm.api_base):
             return  # without a key of its own, litellm finds one (environment, provider rules)
+        import litellm
+
         key: _Key = (llm.api_base, llm.api_key, llm.args.get("organization"))
-        free = self._free.get(key)
-        if free is None:
-            free = self._free.setdefault(key, collections.deque())
+        free = self._free.setdefault(key, collections.deque())
         complete: Callable[..., Any] = llm.completion
 
         def lent(*args: Any, **kwargs: Any) -> Any:
-            import litellm
-
             if litellm.client_session is not None:
                 return complete(*args, **kwargs)
             try:
