@@ -34,9 +34,7 @@ def test_requests_in_flight_get_clients_of_their_own_and_give_them_back() -> Non
     a, b = _LLM(), _LLM()
     for llm in (a, b):
         lender.lend_to(llm)
-        llm.hold = threading.Barrier(2)  # both requests are in flight together
-    hold = a.hold = b.hold
-    assert hold is not None
+    a.hold = b.hold = threading.Barrier(2)  # both requests are in flight together
     threads = [threading.Thread(target=llm.completion, args=([],)) for llm in (a, b)]
     for t in threads:
         t.start()
@@ -73,8 +71,7 @@ def test_idle_clients_beyond_the_cap_are_closed() -> None:
     a, b = _LLM(), _LLM()
     for llm in (a, b):
         lender.lend_to(llm)
-    hold = threading.Barrier(2)
-    a.hold = b.hold = hold
+    a.hold = b.hold = threading.Barrier(2)
     threads = [threading.Thread(target=llm.completion, args=([],)) for llm in (a, b)]
     for t in threads:
         t.start()
