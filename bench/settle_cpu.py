@@ -42,7 +42,7 @@ async def main(n: int, rounds: int) -> None:
     store = RecordStore(Redis(), "bench:")
 
     async def settle_new(args: list[Any]) -> list[list[int]]:
-        return [[0, 1]] * len(json.loads(args[0]))
+        return [[0, 1]] * args[0].count(b'"id":')  # one per outcome, without a decode
 
     store._settle_new = settle_new  # type: ignore[assignment]
 
