@@ -20,6 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from bench.common import REF_STARTS_AT, alert_json
+from holmes_stream.cli import _settled
 from holmes_stream.consumers.alerts import _source
 from holmes_stream.intake import decode_message
 from holmes_stream.producers import kafka as kafka_producers
@@ -46,7 +47,7 @@ async def main(n: int, rounds: int) -> None:
 
     store._settle_new = settle_new  # type: ignore[assignment]
 
-    async def mark_many(keys: Any, args: Any) -> None:
+    async def mark_many(keys: Any = None, args: Any = None) -> None:
         return None
 
     store._mark_many = mark_many  # type: ignore[assignment]
@@ -71,6 +72,7 @@ async def main(n: int, rounds: int) -> None:
     service = InvestigationService(
         store, producers, settings.worker, extras=Extras(redactor=Redactor())
     )
+    _settled()  # the worker's collector settings: young collections every 50,000 allocations
     ended = REF_STARTS_AT.replace(hour=1)
     kinds = {
         "stale": lambda i: alert_json(f"fp-stale-{i}"),
