@@ -505,12 +505,15 @@ class InvestigationService:
         if redactor is None:
             return alert
         # Most alerts hold no secret: then the alert itself is what may be stored and shown.
-        # Its text fields tell. Timestamps are validated datetimes, no place for a secret; the
-        # fingerprint is the alert's identity, which the record and the Kafka headers carry
-        # as it is anyway.
-        texts = {"status": alert.status, "generatorURL": alert.generatorURL or ""}
-        if not alert.model_extra and all(
-            redactor.keeps(part) for part in (alert.labels, alert.annotations, texts)
+        # Its text fields tell. Timestamps are validated datetimes and the status one of two
+        # words, no place for a secret; the fingerprint is the alert's identity, which the
+        # record and the Kafka headers carry as it is anyway.
+        url = alert.generatorURL
+        if (
+            not alert.model_extra
+            and redactor.keeps(alert.labels)
+            and redactor.keeps(alert.annotations)
+            and (not url or redactor.redact_text(url) == url)
         ):
             return alert
         plain = alert.model_dump(mode="json")

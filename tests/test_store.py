@@ -57,15 +57,13 @@ async def test_settle_many_stores_records_and_indexes_and_derives_events(stack, 
         assert not await redis.exists(f"t{uid}:ev:inv-2", f"t{uid}:evseq:inv-2")
         assert await store.events_after("inv-2", 0) == []
         assert await store.replay(records[1], 1) == []
-        # Indexes: everything, per alert name, per tenant; none per fingerprint (nothing reads it).
+        # Indexes: everything, per fingerprint, per alert name, per tenant.
         assert await store.list_ids(limit=10) != []
         assert {m.decode() for m in await redis.zrange(f"t{uid}:idx:all", 0, -1)} == {
             "inv-1",
             "inv-2",
         }
-        alertname = records[0].alert.alertname
-        assert len(await redis.zrange(f"t{uid}:idx:alertname:{alertname}", 0, -1)) == 2
-        assert await redis.keys(f"t{uid}:idx:fp:*") == []
+        assert await redis.zrange(f"t{uid}:idx:fp:fp-2", 0, -1) == [b"inv-2"]
         assert await redis.zrange(f"t{uid}:idx:tenant:acme", 0, -1) == [b"inv-2"]
         assert await redis.zrange(f"t{uid}:idx:untenanted", 0, -1) == [b"inv-1"]
         assert await redis.exists(f"t{uid}:resolved:inv-2")
@@ -163,13 +161,9 @@ async def test_index_writes_drop_entries_of_records_older_than_two_ttls(stack, u
     store = RecordStore(redis, prefix=f"t{uid}:", ttl_seconds=ttl)
     now = datetime.now(UTC)
 
-    def made(n: int, age: float, namespace: str = "shared") -> InvestigationRecord:
-        record = skipped(n)
-        labels = {**record.alert.labels, "namespace": namespace}
-        alert = record.alert.model_copy(update={"labels": labels})
-        return record.model_copy(
-            update={"alert": alert, "created_at": now - timedelta(seconds=age)}
-        )
+    def made(n: int, age: float) -> InvestigationRecord:
+        record = skipped(n).model_copy(update={"fingerprint": "fp-shared"})
+        return record.model_copy(update={"created_at": now - timedelta(seconds=age)})
 
     async def members(*index: str) -> set[str]:
         return {m.decode() for m in await redis.zrange(f"t{uid}:idx:{':'.join(index)}", 0, -1)}
@@ -186,12 +180,12 @@ async def test_index_writes_drop_entries_of_records_older_than_two_ttls(stack, u
             lambda: store.create(made(2, 0)),
             lambda: store.claim(made(3, 0).model_copy(update={"status": Status.QUEUED}), "w", 30),
         ):
-            await redis.delete(*[f"t{uid}:idx:{i}" for i in ("all", "ns:shared", "untenanted")])
+            await redis.delete(*[f"t{uid}:idx:{i}" for i in ("all", "fp:fp-shared", "untenanted")])
             await seed("all")
-            await seed("ns", "shared")
+            await seed("fp", "fp-shared")
             await seed("untenanted")
             await write()
-            for index in (("all",), ("ns", "shared"), ("untenanted",)):
+            for index in (("all",), ("fp", "fp-shared"), ("untenanted",)):
                 got = await members(*index)
                 assert "old" not in got and "young" in got, (index, got)
                 assert 0 < await redis.ttl(f"t{uid}:idx:{':'.join(index)}") <= ttl
@@ -199,10 +193,10 @@ async def test_index_writes_drop_entries_of_records_older_than_two_ttls(stack, u
         # Batch settling trims an index it adds one entry to on one write in sixteen: when the
         # id's last character is one of them ("0": byte 48).
         for n, trimmed in ((21, False), (20, True)):
-            await redis.delete(f"t{uid}:idx:ns:lone")
-            await seed("ns", "lone")
-            lone = made(n, 0, namespace="lone")
+            await redis.delete(f"t{uid}:idx:fp:fp-lone")
+            await seed("fp", "fp-lone")
+            lone = made(n, 0).model_copy(update={"fingerprint": "fp-lone"})
             await store.settle_many([lone])
-            assert ("old" not in await members("ns", "lone")) is trimmed
+            assert ("old" not in await members("fp", "fp-lone")) is trimmed
     finally:
         await redis.aclose()

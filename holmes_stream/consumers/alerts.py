@@ -76,9 +76,15 @@ class Dispatcher:
 
     # -- intake ----------------------------------------------------------------------------
     async def dispatch_batch(self, records: Any, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = consumer
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit_loop())
+        if self._closing.is_set():
+            # Shutting down: hold these messages (they stay uncommitted and are redelivered).
+            await asyncio.Event().wait()
         for topic, n in collections.Counter(record.topic for record in records).items():
             metrics.ALERTS_CONSUMED.labels(topic).inc(n)
-        taken = [item for record in records if (item := await self._take(record, consumer))]
+        taken = [item for record in records if (item := self._take(record))]
         # Alerts that need no LLM (resolved, stale), of episodes met only once in this batch,
         # are settled together; the rest, each message on its own, as slots free up.
         counts = collections.Counter(w.investigation_id for _, _, ws in taken for w in ws)
@@ -113,16 +119,9 @@ class Dispatcher:
         if ready:
             self._start_settling(ready)
 
-    async def _take(
-        self, record: Any, consumer: AIOKafkaConsumer
-    ) -> tuple[Any, Any, list[AlertWork]] | None:
-        """Take one message: settled on the spot (None), or its alerts for the caller to start."""
-        self.consumer = consumer
-        if self._committer is None:
-            self._committer = asyncio.create_task(self._commit_loop())
-        if self._closing.is_set():
-            # Shutting down: hold this message (it stays uncommitted and is redelivered).
-            await asyncio.Event().wait()
+    def _take(self, record: Any) -> tuple[Any, Any, list[AlertWork]] | None:
+        """Take one message: settled on the spot (None), or its alerts for the caller to start.
+        Not a coroutine: one per message of a batch of hundreds costs its creation each."""
         tp = TopicPartition(record.topic, record.partition)
         state = self.tracker.begin(tp, record.offset)
         works = self._decode_settled(record)
