@@ -294,7 +294,10 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
             f"starts; {n['episodes']} finished episodes behind the "
             "duplicates and resolved notices. Rate = block size / time the committed offset (committed "
             "only after each outcome is durable; every 0.5 s) took to cross the block. The raw "
-            "reference reads the same partition with a bare AIOKafkaConsumer (getmany) before and after."
+            "reference reads the same partition with a bare AIOKafkaConsumer (getmany) before and after. "
+            "Redis's append-only file is rewritten before each run and automatic rewrites wait until "
+            "it ends (a rewrite's fork takes a core for a second or more); rewrites during the runs: "
+            f"{[r.get('aof_rewrites_during_run') for r in n['runs']]}."
         )
         cores = os.cpu_count() or 1
         for name in n["sizes"]:
