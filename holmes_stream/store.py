@@ -85,23 +85,25 @@ return false
 """
 
 # Outcomes reached without running anything (stale, resolved before known): per outcome, the
-# record, its index entries and the resolution mark in one step, unless a record already
-# exists. Its terminal event is not stored: it is the record's only event and derived from it
-# on reading (``schemas.derived_events``), which spares Redis a stream and a counter per
-# outcome, more than half of its work and memory here. Only where events of that id are
-# stored already (a record gone before its stream) is it appended to them: an outcome comes
-# without its event (most never need it; it would be most of the argument), and one whose id
-# has a stream is left unstored, for the caller to settle again with its event. ARGV[1]: a
-# JSON array of outcomes (one argument for the whole batch: packing hundreds of keys and
-# arguments costs the client more than this costs Redis), ARGV[2] the TTL, ARGV[3] the stream
-# length cap, ARGV[4] the key prefix: an outcome's own keys are made here from its id, as
-# ``RecordStore._k`` makes them (``tests/test_store.py`` reads them back through the store),
-# ARGV[5] the records' JSON one after the other, each outcome giving its size in bytes (not
-# inside ARGV[1], where every quote of a record would be escaped, then unescaped by Lua),
-# ARGV[6] the index cutoff (``_index_cutoff``). Index entries go in one ZADD per index (and
-# chunk): the outcomes of a batch share most indexes. Returns per outcome {1, existing record,
-# 1 if its result was published}, {0, the terminal event's seq} (1: derived), or {2}: not
-# stored, its id has a stream and the outcome came without its event.
+# record and its index entries in one step, unless a record already exists. No resolution mark
+# beside it: the mark is for a run's outcome to pick up a resolution noted while it ran
+# (``_STORE_OUTCOME``), and this record is finished and carries its own; a resolved re-send sets
+# one (``mark_resolved_many``). Its terminal event is not stored: it is the record's only event
+# and derived from it on reading (``schemas.derived_events``), which spares Redis a stream and a
+# counter per outcome, more than half of its work and memory here. Only where events of that id
+# are stored already (a record gone before its stream) is it appended to them: an outcome comes
+# without its event (most never need it; it would be most of the argument), and one whose id has a
+# stream is left unstored, for the caller to settle again with its event. ARGV[1]: a JSON array of
+# outcomes (one argument for the whole batch: packing hundreds of keys and arguments costs the
+# client more than this costs Redis), ARGV[2] the TTL, ARGV[3] the stream length cap, ARGV[4] the
+# key prefix: an outcome's own keys are made here from its id, as ``RecordStore._k`` makes them
+# (``tests/test_store.py`` reads them back through the store), ARGV[5] the records' JSON one after
+# the other, each outcome giving its size in bytes (not inside ARGV[1], where every quote of a
+# record would be escaped, then unescaped by Lua), ARGV[6] the index cutoff (``_index_cutoff``).
+# Index entries go in one ZADD per index (and chunk): the outcomes of a batch share most indexes.
+# Returns per outcome {1, existing record, 1 if its result was published}, {0, the terminal
+# event's seq} (1: derived), or {2}: not stored, its id has a stream and the outcome came without
+# its event.
 _SETTLE_NEW = """
 local out, members, ttl, p = {}, {}, ARGV[2], ARGV[4]
 local records, at = ARGV[5], 1
@@ -110,10 +112,11 @@ for n, o in ipairs(cjson.decode(ARGV[1])) do
   at = at + o.size
   local key, stream = p .. 'inv:' .. id, p .. 'ev:' .. id
   -- Most ids are new: one call tells, for both keys.
-  local existing = redis.call('EXISTS', key, stream) > 0 and redis.call('GET', key)
+  local found = redis.call('EXISTS', key, stream)
+  local existing = found > 0 and redis.call('GET', key)
   if existing then
     out[n] = {1, existing, redis.call('EXISTS', p .. 'pub:' .. id)}
-  elseif not o.event and redis.call('EXISTS', stream) == 1 then
+  elseif found > 0 and not o.event then -- no record: its stream is what exists
     out[n] = {2}
   else
     redis.call('SET', key, string.sub(records, from, at - 1), 'EX', ttl)
@@ -125,9 +128,6 @@ for n, o in ipairs(cjson.decode(ARGV[1])) do
       end
       m[#m + 1] = o.score
       m[#m + 1] = id
-    end
-    if o.resolved ~= '' then
-      redis.call('SET', p .. 'resolved:' .. id, o.resolved, 'NX', 'EX', ttl)
     end
     local seq = 1
     if o.event then
@@ -403,7 +403,6 @@ class RecordStore:
                     "size": len(body),
                     "index_keys": self._index_keys(record),
                     "score": score,
-                    "resolved": record.resolved_at.isoformat() if record.resolved_at else "",
                 }
             )
         replies = await self._settle(outcomes, bodies)
