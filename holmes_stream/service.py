@@ -474,30 +474,28 @@ class InvestigationService:
         # Every part is validated already (the alert, our own values): built without a second
         # validation, which costs as much as the rest of settling an alert that needs no LLM.
         created_at = fields.pop("created_at", None) or utcnow()
-        return construct(
-            InvestigationRecord,
-            **{
-                "schema_version": SCHEMA_VERSION,
-                "id": work.investigation_id,
-                "episode_key": work.episode_key,
-                "fingerprint": work.alert.identity(),
-                "tenant": work.tenant,
-                "status": status,
-                "reason": None,
-                "alert": self._redacted(work.alert),
-                "question": work.question,
-                "created_at": created_at,
-                "started_at": None,
-                "finished_at": None,
-                "resolved_at": None,
-                "attempts": 0,
-                "result": None,
-                "error": None,
-                "enrichment": {},
-                "source": source.describe(),
-            }
-            | fields,
-        )
+        values = {
+            "schema_version": SCHEMA_VERSION,
+            "id": work.investigation_id,
+            "episode_key": work.episode_key,
+            "fingerprint": work.alert.identity(),
+            "tenant": work.tenant,
+            "status": status,
+            "reason": None,
+            "alert": self._redacted(work.alert),
+            "question": work.question,
+            "created_at": created_at,
+            "started_at": None,
+            "finished_at": None,
+            "resolved_at": None,
+            "attempts": 0,
+            "result": None,
+            "error": None,
+            "enrichment": {},
+            "source": source.describe(),
+        }
+        values.update(fields)
+        return construct(InvestigationRecord, values)
 
     def _redacted(self, alert: Alert) -> Alert:
         """The alert as it may be stored and shown to the LLM: secrets in it replaced."""

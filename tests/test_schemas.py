@@ -74,14 +74,14 @@ def test_pydantic_keeps_the_instance_state_that_construct_sets() -> None:
     ("cls", "values"), [(InvestigationRecord, record_values), (ProgressEvent, event_values)]
 )
 def test_construct_builds_what_model_construct_builds(cls: type[BaseModel], values: Any) -> None:
-    ours, theirs = construct(cls, **values()), cls.model_construct(**values())
+    ours, theirs = construct(cls, values()), cls.model_construct(**values())
     assert state(ours) == state(theirs)
     # And what validation would build from the same values.
     assert ours == cls.model_validate(values())
 
 
 def test_private_attributes_are_per_instance() -> None:
-    a, b = construct(ProgressEvent, **event_values()), construct(ProgressEvent, **event_values())
+    a, b = construct(ProgressEvent, event_values()), construct(ProgressEvent, event_values())
     a.set_json("{}")
     assert a.json_text() == "{}"
     assert b.json_text() == b.model_dump_json()
@@ -91,6 +91,6 @@ def test_construct_wants_every_field_and_no_other() -> None:
     values = event_values()
     del values["at"]
     with pytest.raises(KeyError, match="at"):
-        construct(ProgressEvent, **values)
+        construct(ProgressEvent, values)
     with pytest.raises(TypeError, match="bogus"):
-        construct(ProgressEvent, **event_values(), bogus=1)
+        construct(ProgressEvent, {**event_values(), "bogus": 1})
