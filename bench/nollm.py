@@ -87,29 +87,40 @@ async def hold_aof_rewrites(redis_url: str) -> tuple[int, int]:
 
     redis = Redis.from_url(redis_url)
     try:
-        name = "auto-aof-rewrite-min-size"
-        minimum = int(str((await redis.config_get(name))[name]))
-        await redis.config_set(name, str(16 * 2**30))
-        await redis.bgrewriteaof()
-        while True:
-            info = await redis.info("persistence")
-            if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
-                return int(info["aof_rewrites"]), minimum
-            await asyncio.sleep(0.05)
+        minimum = int(str((await redis.config_get(_AOF_MIN))[_AOF_MIN]))
+        await redis.config_set(_AOF_MIN, str(16 * 2**30))
+        return await _rewrite_aof(redis), minimum
     finally:
         await redis.aclose()
 
 
 async def release_aof_rewrites(redis_url: str, minimum: int) -> int:
-    """Automatic rewrites as before; the number of rewrites so far."""
+    """Automatic rewrites as before, once the file is rewritten with what the run stored (else
+    the rewrite held off comes at once, inside the next figure); the rewrites so far, this one
+    not counted."""
     from redis.asyncio import Redis
 
     redis = Redis.from_url(redis_url)
     try:
-        await redis.config_set("auto-aof-rewrite-min-size", str(minimum))
-        return int((await redis.info("persistence"))["aof_rewrites"])
+        rewrites = int((await redis.info("persistence"))["aof_rewrites"])
+        await _rewrite_aof(redis)
+        await redis.config_set(_AOF_MIN, str(minimum))
+        return rewrites
     finally:
         await redis.aclose()
+
+
+_AOF_MIN = "auto-aof-rewrite-min-size"
+
+
+async def _rewrite_aof(redis: Any) -> int:
+    """BGREWRITEAOF, waited for; the rewrites so far, this one counted."""
+    await redis.bgrewriteaof()
+    while True:
+        info = await redis.info("persistence")
+        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+            return int(info["aof_rewrites"])
+        await asyncio.sleep(0.05)
 
 
 async def raw_consume(bootstrap: str, topic: str, total: int) -> float:
