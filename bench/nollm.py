@@ -72,6 +72,9 @@ async def seed_finished(settings: Settings, n: int) -> list[dict[str, Any]]:
     return alerts
 
 
+_AOF_MIN = "auto-aof-rewrite-min-size"
+
+
 async def hold_aof_rewrites(redis_url: str) -> tuple[int, int]:
     """Rewrite Redis's append-only file now, and hold automatic rewrites off until
     ``release_aof_rewrites``: (rewrites so far, the auto-rewrite minimum size to restore).
@@ -108,9 +111,6 @@ async def release_aof_rewrites(redis_url: str, minimum: int) -> int:
         return rewrites
     finally:
         await redis.aclose()
-
-
-_AOF_MIN = "auto-aof-rewrite-min-size"
 
 
 async def _rewrite_aof(redis: Any) -> int:

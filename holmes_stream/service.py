@@ -503,15 +503,16 @@ class InvestigationService:
         if redactor is None:
             return alert
         # Most alerts hold no secret: then the alert itself is what may be stored and shown.
-        # Its text fields tell. Timestamps are validated datetimes and the status one of two
-        # words, no place for a secret; the fingerprint is the alert's identity, which the
-        # record and the Kafka headers carry as it is anyway.
+        # Its text fields tell (by their names too: a configured secret key). Timestamps are
+        # validated datetimes and the status one of two words, no place for a secret; the
+        # fingerprint is the alert's identity, which the record and the Kafka headers carry
+        # as it is anyway.
         url = alert.generatorURL
         if (
             not alert.model_extra
             and redactor.keeps(alert.labels)
             and redactor.keeps(alert.annotations)
-            and (not url or redactor.redact_text(url) == url)
+            and (not url or redactor.keeps({"generatorURL": url}))
         ):
             return alert
         plain = alert.model_dump(mode="json")

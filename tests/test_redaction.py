@@ -308,3 +308,26 @@ def test_passing_over_rules_changes_nothing() -> None:
         assert redactor._redact_text(text) == expected, text
         changed += expected != text
     assert changed > len(texts) // 2  # the corpus exercises the rules, not only their absence
+
+
+def test_an_alert_field_named_a_secret_key_is_stored_redacted() -> None:
+    """A configured secret key hides the field's whole value, wherever the field is: the
+    alert's URL included (its text alone holds no secret here)."""
+    from holmes_stream.schemas import Alert
+    from holmes_stream.service import Extras, InvestigationService
+    from holmes_stream.settings import WorkerSettings
+
+    redactor = Redactor(extra_secret_keys=["generatorURL"])
+    service = InvestigationService(
+        cast(Any, None), cast(Any, None), WorkerSettings(), extras=Extras(redactor=redactor)
+    )
+    alert = Alert.model_validate(
+        {
+            "labels": {"alertname": "A"},
+            "startsAt": "2026-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus/graph?g0.expr=internal_metric",
+        }
+    )
+    stored = service._redacted(alert)
+    assert stored.generatorURL != alert.generatorURL
+    assert "internal_metric" not in stored.model_dump_json()
