@@ -26,11 +26,24 @@ class OffsetTracker:
         self._parts: dict[TopicPartition, _PartitionState] = {}
 
     def begin(self, tp: TopicPartition, offset: int) -> _PartitionState:
-        state = self._parts.setdefault(tp, _PartitionState())
-        state.in_flight.add(offset)
-        if state.next_offset is None or offset + 1 > state.next_offset:
-            state.next_offset = offset + 1
+        state = self.state(tp)
+        self.begin_in(state, offset)
         return state
+
+    def state(self, tp: TopicPartition) -> _PartitionState:
+        """The partition's state of the current assignment, for ``begin_in``."""
+        state = self._parts.get(tp)
+        if state is None:
+            state = self._parts[tp] = _PartitionState()
+        return state
+
+    @staticmethod
+    def begin_in(state: _PartitionState, offset: int) -> None:
+        """``begin`` with the partition's state in hand (messages of a fetch, partition by
+        partition)."""
+        state.in_flight.add(offset)
+        if state.next_offset is None or offset >= state.next_offset:
+            state.next_offset = offset + 1
 
     @staticmethod
     def done(state: _PartitionState, offset: int) -> None:
