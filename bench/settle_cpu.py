@@ -113,7 +113,7 @@ async def main(n: int, rounds: int) -> None:
             # The same kind of batch again (new alerts), through the dispatcher, as fetched.
             records = [_Record(i, json.dumps(make((2 * r + 1) * n + i)).encode()) for i in range(n)]
             t2 = time.process_time()
-            await dispatcher.dispatch_batch(records, consumer)  # type: ignore[arg-type]
+            await dispatcher.dispatch_batch(records, consumer)
             while tasks := dispatcher._tasks:
                 await asyncio.gather(*tasks)
             t3 = time.process_time()
