@@ -77,3 +77,26 @@ def test_python_json_accepts_what_the_one_step_parser_refuses() -> None:
     # message is decoded all the same, the general way.
     raw = b'{"labels": {"alertname": "x\\ud800"}, "startsAt": "2026-01-01T00:00:00Z"}'
     assert decoded(raw) == general(raw)
+
+
+@pytest.mark.parametrize(
+    ("starts_at", "canonical_start"),
+    [
+        ("2025-01-01T12:00:00.123456+02:00", "2025-01-01T10:00:00.123+00:00"),
+        ("2025-01-01T10:00:00Z", "2025-01-01T10:00:00.000+00:00"),
+        ("2025-01-01T10:00:00.999999", "2025-01-01T10:00:00.999+00:00"),  # naive: UTC
+    ],
+)
+def test_the_episode_id_is_a_hash_of_the_identity_and_the_utc_start_in_milliseconds(
+    starts_at: str, canonical_start: str
+) -> None:
+    """Ids of stored records depend on these exact bytes: a re-send after an upgrade must find
+    its episode."""
+    import hashlib
+
+    raw = json.dumps(
+        {"labels": {"alertname": "A"}, "startsAt": starts_at, "fingerprint": "fp-1"}
+    ).encode()
+    (work,) = decode_message(raw, LIMIT)
+    expected = hashlib.sha256(f"fp-1|{canonical_start}".encode()).hexdigest()[:32]
+    assert work.episode_key == work.investigation_id == expected

@@ -295,9 +295,14 @@ class Dispatcher:
         except Exception:  # RejectedMessage or unforeseen: _process decides, as before
             return []
         settled = self.service.settled_outcome
-        outcomes = [settled(w, count=False) for w in works]
-        if None in outcomes:
-            return works
+        if len(works) == 1:  # mostly: a bare alert
+            if (outcome := settled(works[0], count=False)) is None:
+                return works
+            outcomes = [outcome]
+        else:
+            outcomes = [settled(w, count=False) for w in works]
+            if None in outcomes:
+                return works
         if duplicates := outcomes.count(Outcome.DUPLICATE):
             metrics.DEDUP_HITS.labels("kafka").inc(duplicates)
         return None
