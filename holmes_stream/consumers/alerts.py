@@ -298,7 +298,7 @@ class Dispatcher:
         if len(works) == 1:  # mostly: a bare alert
             if (outcome := settled(works[0], count=False)) is None:
                 return works
-            outcomes = [outcome]
+            outcomes: list[Outcome | None] = [outcome]
         else:
             outcomes = [settled(w, count=False) for w in works]
             if None in outcomes:
