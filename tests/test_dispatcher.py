@@ -46,7 +46,13 @@ class _Service:
         self.settled = SettledEpisodes()
         self.release = asyncio.Event()
         self.settle_calls: list[list[str]] = []
+        self.handled: list[str] = []
+        self.remembers = True  # False: settling leaves episodes unknown here
         self.stopping = False
+
+    async def handle(self, work: AlertWork, source: Source) -> Outcome:
+        self.handled.append(work.investigation_id)
+        return Outcome.SKIPPED
 
     def settled_outcome(self, work: AlertWork, *, count: bool = True) -> Outcome | None:
         known = self.settled.lookup(work.investigation_id, resolved=True)
@@ -59,7 +65,8 @@ class _Service:
         self.settle_calls.append([w.investigation_id for w, _ in items])
         await self.release.wait()
         for work, _ in items:
-            self.settled.remember(work.investigation_id, 60_000, 60_000)
+            if self.remembers:
+                self.settled.remember(work.investigation_id, 60_000, 60_000)
         return [None] * len(items)
 
 
@@ -171,3 +178,33 @@ async def test_at_shutdown_a_waiting_batch_stays_uncommitted() -> None:
         # its message is redelivered, not lost.
         assert len(service.settle_calls) == 4
         assert committed[-1][TopicPartition("alerts", 0)].offset == 4
+
+
+async def test_an_episode_met_twice_in_one_fetch_is_handled_message_by_message() -> None:
+    tp = TopicPartition("alerts", 0)
+    async with _dispatching() as (service, dispatcher, consumer):
+        service.release.set()
+        records = [_Record(0, _resolved("x")), _Record(1, _resolved("y"))]
+        await dispatcher.dispatch_batch([*records, _Record(2, _resolved("x"))], consumer)
+        await _until_done(dispatcher, tp, 3)
+        x, y = (AlertWork(_alert(f)).investigation_id for f in ("x", "y"))
+        assert service.settle_calls == [[y]]  # only y is settled with the batch
+        assert service.handled == [x, x]
+        assert dispatcher.tracker.commit_point(tp) == 3
+
+
+async def test_re_sends_held_for_one_settling_batch_are_settled_together_then_forgotten() -> None:
+    tp = TopicPartition("alerts", 0)
+    async with _dispatching() as (service, dispatcher, consumer):
+        service.remembers = False  # so the held re-sends still need settling afterwards
+        await dispatcher.dispatch_batch([_Record(0, _resolved("x"))], consumer)
+        for offset in (1, 2):  # two later fetches, each with a re-send of x: both held
+            await dispatcher.dispatch_batch([_Record(offset, _resolved("x"))], consumer)
+        await asyncio.sleep(0)
+        x = AlertWork(_alert("x")).investigation_id
+        assert service.settle_calls == [[x]]
+        service.release.set()
+        await _until_done(dispatcher, tp, 3)
+        assert service.settle_calls == [[x], [x, x]]  # the held pair, in one batch
+        assert dispatcher.tracker.commit_point(tp) == 3
+        assert not dispatcher._settling_ids and not dispatcher._held
