@@ -114,13 +114,11 @@ class Dispatcher:
 
         ``held``: these waited for a task, so their episodes may be known by now (a fresh fetch
         was just looked up: ``_decode_settled``)."""
-        if not held and self._settling_ids.isdisjoint(
-            w.investigation_id for _, _, works, _ in quick for w in works
-        ):
-            ready = quick  # mostly: no episode of these is being settled
-        else:
-            ready = self._ready(quick, held)
-        if ready:
+        ids = _ids(quick)
+        if not held and self._settling_ids.isdisjoint(ids):
+            if quick:  # mostly: no episode of these is being settled
+                self._start_settling(quick, ids)
+        elif ready := self._ready(quick, held):
             self._start_settling(ready)
 
     def _ready(
@@ -187,7 +185,9 @@ class Dispatcher:
             self._start(*self._backlog.popleft())
         self._apply_backpressure()
 
-    def _start_settling(self, items: list[tuple[Any, Any, list[AlertWork], Source]]) -> None:
+    def _start_settling(
+        self, items: list[tuple[Any, Any, list[AlertWork], Source]], ids: list[str] | None = None
+    ) -> None:
         """One task settles the messages' alerts together, their known episodes included.
 
         Up to four such tasks run at once, the next fetches settled while the others wait for
@@ -195,9 +195,9 @@ class Dispatcher:
         batch waits, fetched and decoded, and starts the moment one ends: no task waits for a
         fetch (without it, 2 in 5 tasks started with only one or two others running). Fetching
         pauses while it waits. Messages of its episodes fetched meanwhile wait for its task
-        (``_held``).
+        (``_held``). ``ids``: the items' episode ids, when the caller has them already.
         """
-        settling = _Settling(items, _ids(items))
+        settling = _Settling(items, _ids(items) if ids is None else ids)
         self._settling_ids.update(settling.ids)
         self._settle_queue.append(settling)
         self._run_settling()
