@@ -15,7 +15,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -106,6 +106,19 @@ class SettledEpisodes:
         record_until = now + record_ms / 1000
         entries[investigation_id] = (record_until, min(resolved_until, record_until))
         if len(entries) > self._size:
+            entries.popitem(last=False)
+
+    def remember_stored(self, stored: Iterable[tuple[str, bool]], ttl_ms: int) -> None:
+        """``remember(id, ttl_ms, ttl_ms if resolved else None)`` of each (id, resolved): records
+        stored together with one expiry, remembered with one reading of the clock."""
+        if ttl_ms <= 0:
+            return
+        until = time.monotonic() + ttl_ms / 1000
+        entries = self._entries
+        for investigation_id, resolved in stored:
+            entries.pop(investigation_id, None)
+            entries[investigation_id] = (until, until if resolved else 0.0)
+        while len(entries) > self._size:
             entries.popitem(last=False)
 
     def lookup(self, investigation_id: str, resolved: bool) -> bool:
@@ -388,7 +401,9 @@ class InvestigationService:
 
     def settles_without_run(self, work: AlertWork, source: Source) -> bool:
         """Resolved or stale: an outcome reached without the LLM."""
-        return work.alert.status == "resolved" or self._stale_moment(work, source) is not None
+        if work.alert.status == "resolved":
+            return True
+        return self._stale_moment(work, source, self._horizon()) is not None
 
     async def settle_many(self, items: Sequence[tuple[AlertWork, Source]]) -> list[Found | None]:
         """Settle alerts that need no run (resolved, stale) of episodes not known yet, together.
@@ -398,6 +413,7 @@ class InvestigationService:
         existing record, for ``handle`` to take on, or None when the item is settled (skipped).
         """
         now = utcnow()
+        horizon = self._horizon(now.timestamp())
         records: list[InvestigationRecord] = []
         for work, source in items:
             alert = work.alert
@@ -405,7 +421,7 @@ class InvestigationService:
             if alert.status == "resolved":
                 resolved_at, reason = alert.endsAt or now, _UNKNOWN_EPISODE_RESOLVED
             else:
-                resolved_at, reason = None, self._staleness(work, source, now)
+                resolved_at, reason = None, self._staleness(work, source, horizon)
             records.append(
                 self._new_record(
                     work,
@@ -426,9 +442,10 @@ class InvestigationService:
         if settled:
             await self._durably(lambda: self._publish_settled(settled))
             metrics.ALERTS_PROCESSED.labels(Outcome.SKIPPED).inc(len(settled))
-            ttl_ms = self.store.ttl * 1000
-            for record, _, _ in settled:
-                self.settled.remember(record.id, ttl_ms, ttl_ms if record.resolved_at else None)
+            self.settled.remember_stored(
+                ((record.id, record.resolved_at is not None) for record, _, _ in settled),
+                self.store.ttl * 1000,
+            )
         return [None if s.existing is None else Found(s.existing, s.published) for s in replies]
 
     async def _publish_settled(
@@ -521,10 +538,10 @@ class InvestigationService:
         return alert if redacted == plain else Alert.model_validate(redacted)
 
     def _staleness(
-        self, work: AlertWork, source: Source, now: datetime | None = None
+        self, work: AlertWork, source: Source, horizon: float | None = None
     ) -> str | None:
-        """Why the alert is stale (None: it is not)."""
-        moment = self._stale_moment(work, source, now)
+        """Why the alert is stale (None: it is not). ``horizon``: as ``_horizon`` gives it."""
+        moment = self._stale_moment(work, source, self._horizon() if horizon is None else horizon)
         if moment is None:
             return None
         if isinstance(moment, datetime):
@@ -532,12 +549,15 @@ class InvestigationService:
         produced = datetime.fromtimestamp(moment / 1000, UTC)
         return f"stale: reached Kafka at {produced.isoformat()}, before the window"
 
+    def _horizon(self, now: float | None = None) -> float:
+        """The start of the staleness window, in epoch seconds (``now``: time.time())."""
+        return (time.time() if now is None else now) - self.settings.stale_after_seconds
+
     def _stale_moment(
-        self, work: AlertWork, source: Source, now: datetime | None = None
+        self, work: AlertWork, source: Source, horizon: float
     ) -> datetime | int | None:
-        """The alert's start, or when it reached Kafka (ms), if before the window. Compared as
+        """The alert's start, or when it reached Kafka (ms), if before ``horizon``. Compared as
         timestamps: the reason's words are made only where they are kept (``_staleness``)."""
-        horizon = (now.timestamp() if now else time.time()) - self.settings.stale_after_seconds
         started = work.alert.startsAt
         if started.timestamp() < horizon:
             return started

@@ -62,7 +62,7 @@ async def test_batched_outcomes_land_as_single_sends_would(stack: Any, uid: str)
             id=f"inv-{uid}-{i}",
             episode_key="e",
             fingerprint=f"f{i}",
-            status=Status.SKIPPED,
+            status=Status.SKIPPED if i % 3 else Status.FAILED,  # headers differ by status
             alert=alert,
         )
         event = ProgressEvent(investigation_id=record.id, seq=1, type="skipped", payload={"i": i})

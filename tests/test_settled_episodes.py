@@ -45,3 +45,22 @@ def test_an_entry_lapses_with_its_record_and_its_resolution_with_its_own(
     monkeypatch.setattr(time, "monotonic", lambda: now + 11)
     assert not settled.lookup("x", resolved=False)
     assert len(settled) == 0
+
+
+def test_records_stored_together_are_remembered_as_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now)
+    stored = [("a", False), ("b", True), ("c", False), ("a", True)]  # "a" again: newest
+    together, one_by_one = SettledEpisodes(size=2), SettledEpisodes(size=2)
+    together.remember("old", 60_000, None)
+    one_by_one.remember("old", 60_000, None)
+    together.remember_stored(stored, 10_000)
+    for i, resolved in stored:
+        one_by_one.remember(i, 10_000, 10_000 if resolved else None)
+    assert together._entries == one_by_one._entries
+    assert list(together._entries) == ["c", "a"]
+    gone = SettledEpisodes()
+    gone.remember_stored([("x", False)], -2)  # keys gone already: nothing to remember
+    assert len(gone) == 0

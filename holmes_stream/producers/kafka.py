@@ -238,20 +238,19 @@ class KafkaProducers:
         # and by all outcomes (the same bytes: tests/test_producers.py).
         typed, version = ("content-type", b""), ("schema-version", str(SCHEMA_VERSION).encode())
         keys = [record.id.encode() for record, _, _ in settled]
+        statuses: dict[str, tuple[str, tuple[str, bytes]]] = {}  # an outcome's: one or two
         for (record, body, event), key, hashed in zip(
             settled, keys, murmur2_many(keys), strict=True
         ):
             slot = hashed & 0x7FFFFFFF  # once for both topics
             fp = record.fingerprint
             tail = [("alert-fingerprint", fp.encode())] if fp else []
-            correlation = ("correlation_id", _result_correlation(record).encode())
-            batches.add(
-                results,
-                slot,
-                key,
-                body,
-                [typed, correlation, version, ("status", str(record.status).encode()), *tail],
-            )
+            if (status := statuses.get(record.status)) is None:
+                text = str(record.status)
+                status = statuses[record.status] = (text, ("status", text.encode()))
+            # As _result_correlation makes it.
+            correlation = ("correlation_id", f"{record.id}:{status[0]}".encode())
+            batches.add(results, slot, key, body, [typed, correlation, version, status[1], *tail])
             if event is None:
                 continue
             correlation = ("correlation_id", _event_correlation(event).encode())

@@ -61,9 +61,12 @@ class Alert(BaseModel):
 
     def episode_key(self) -> str:
         """One firing episode: the alert's identity plus when it started firing."""
+        started = self.startsAt
+        if started.utcoffset():  # a zero offset is written as UTC's "+00:00": no conversion
+            started = started.astimezone(UTC)
         # Positional: isoformat's keyword parsing is a sixth of this key's cost, once per alert.
-        started = self.startsAt.astimezone(UTC).isoformat("T", "milliseconds")
-        raw = f"{self.identity()}|{started}"
+        started_at = started.isoformat("T", "milliseconds")
+        raw = f"{self.identity()}|{started_at}"
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
