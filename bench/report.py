@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def _machine() -> list[str]:
     return [
         f"- CPU: {cpu}, {os.cpu_count()} cores; memory {mem}; load average at the end "
         f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min)",
-        f"- OS: {platform.platform()}; Python {platform.python_version()}",
+        f"- OS: {platform.platform()}; Python {platform.python_version()} ({_interpreter()})",
         f"- holmesgpt {_version('holmesgpt')}, litellm {_version('litellm')}, faststream "
         f"{_version('faststream')}, aiokafka {_version('aiokafka')}, redis-py {_version('redis')}, "
         f"litestar {_version('litestar')}, uvicorn {_version('uvicorn')}, pydantic {_version('pydantic')}",
@@ -52,6 +53,17 @@ def _machine() -> list[str]:
         f"{java[0] if java else 'java ?'}; Apache Kafka from holmes_stream/devstack (KRaft, one broker; "
         f"JVM flags {' '.join(BROKER_JVM_FLAGS)})",
     ]
+
+
+def _interpreter() -> str:
+    """The interpreter behind the venv, and how it loads libpython: a build's flags (PGO, LTO,
+    a shared libpython) change the CPU per alert by a quarter (bench/README.md)."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    try:
+        shared = "libpython" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return base
+    return f"{base}, libpython {'shared' if shared else 'linked in'}"
 
 
 def _met(value: float | None, target: float) -> str:

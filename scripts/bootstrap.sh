@@ -14,7 +14,15 @@ command -v java >/dev/null || apt_install openjdk-17-jre-headless
 command -v mvn >/dev/null || apt_install maven
 command -v redis-server >/dev/null || apt_install redis-server
 
-PY=${PYTHON:-python3}
+# The venv's interpreter: $PYTHON if set; else the distribution's CPython 3.11 when it can make
+# venvs; else python3. Distribution builds are compiled with PGO and LTO (Debian's executable
+# without a shared libpython too); pyenv's default build is not, and its worker spent 25-30 %
+# more CPU per alert (bench/README.md). An existing .venv is kept: remove it to switch.
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  PY=python3
+  if /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null; then PY=/usr/bin/python3.11; fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
