@@ -21,11 +21,13 @@ app = Litestar(route_handlers=[hello], openapi_config=None, debug=False)
 def main() -> None:
     import uvicorn
 
+    from holmes_stream.cli import uvicorn_config
+
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     a = p.parse_args()
-    # The same server settings as `holmes-stream api` (holmes_stream/cli.py).
-    uvicorn.run(app, host="127.0.0.1", port=a.port, log_config=None, access_log=False)
+    # The same server settings as `holmes-stream api`.
+    uvicorn.Server(uvicorn_config(app, "127.0.0.1", a.port)).run()
 
 
 if __name__ == "__main__":
