@@ -16,8 +16,9 @@ command -v redis-server >/dev/null || apt_install redis-server
 
 # The venv's interpreter: $PYTHON if set; else the distribution's CPython 3.11 when it can make
 # venvs; else python3. Distribution builds are compiled with PGO and LTO (Debian's executable
-# without a shared libpython too); pyenv's default build is not, and its worker spent 25-30 %
-# more CPU per alert (bench/README.md). An existing .venv is kept: remove it to switch.
+# without a shared libpython too); pyenv's default build is not, and the worker spent a
+# quarter less CPU per alert on Debian's (README, Benchmarks). An existing .venv is kept:
+# remove it to switch.
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   PY=python3

@@ -122,9 +122,9 @@ def _result_headers(record: InvestigationRecord) -> dict[str, str]:
     return _headers(record.fingerprint, status=str(record.status))
 
 
-def _result_correlation(record: InvestigationRecord) -> str:
+def _result_correlation(investigation_id: str, status: str) -> str:
     # Our ids already correlate; FastStream would otherwise draw a random UUID each time.
-    return f"{record.id}:{record.status}"
+    return f"{investigation_id}:{status}"
 
 
 def _event_correlation(event: ProgressEvent | StoredEvent) -> str:
@@ -238,7 +238,8 @@ class KafkaProducers:
         # and by all outcomes (the same bytes: tests/test_producers.py).
         typed, version = ("content-type", b""), ("schema-version", str(SCHEMA_VERSION).encode())
         keys = [record.id.encode() for record, _, _ in settled]
-        statuses: dict[str, tuple[str, tuple[str, bytes]]] = {}  # an outcome's: one or two
+        # Per status (a batch's outcomes have one or two): its text and its header.
+        statuses: dict[str, tuple[str, tuple[str, bytes]]] = {}
         for (record, body, event), key, hashed in zip(
             settled, keys, murmur2_many(keys), strict=True
         ):
@@ -248,8 +249,7 @@ class KafkaProducers:
             if (status := statuses.get(record.status)) is None:
                 text = str(record.status)
                 status = statuses[record.status] = (text, ("status", text.encode()))
-            # As _result_correlation makes it.
-            correlation = ("correlation_id", f"{record.id}:{status[0]}".encode())
+            correlation = ("correlation_id", _result_correlation(record.id, status[0]).encode())
             batches.add(results, slot, key, body, [typed, correlation, version, status[1], *tail])
             if event is None:
                 continue
@@ -272,7 +272,7 @@ class KafkaProducers:
             body or record.model_dump_json().encode(),
             key=record.id.encode(),
             headers=_result_headers(record),
-            correlation_id=_result_correlation(record),
+            correlation_id=_result_correlation(record.id, str(record.status)),
             confirm=confirm,
         )
 
